@@ -5,6 +5,7 @@ decay with warm-up) compute one base LR per global iteration and multiply it per
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -76,8 +77,11 @@ def uses_differential_lr(optim_cfg: Mapping) -> bool:
 def _seed_groups(optim_cfg: Mapping) -> tuple[GroupSpec, ...]:
     """Groups of the flat seed keys ``BACKBONE_LR_RATIO`` (0.1), ``DENSE_HEAD_LR_RATIO`` (2.0), ..."""
     for key in optim_cfg:
-        if str(key).endswith("_LR_RATIO") and key not in RATIO_KEYS:
-            near = nearest_key(key, RATIO_KEYS)
+        if key in RATIO_KEYS:
+            continue
+        near = nearest_key(key, RATIO_KEYS)
+        close = near is not None and difflib.SequenceMatcher(None, str(key), near).ratio() >= 0.85
+        if str(key).endswith("_LR_RATIO") or close:
             raise ConfigError("unknown learning-rate ratio key", key=f"OPTIMIZATION.{key}",
                               file=config_source(optim_cfg), fix=f"did you mean '{near or RATIO_KEYS[0]}'?")
 
