@@ -17,12 +17,14 @@ spconv 2.3.8 on a CPU-only torch, see ``shared/reference/README.md``):
    afterwards, which is exactly what spconv does in train mode.
 
 ``apply_spconv_cpu_fixes()`` installs all three; it is idempotent and is called
-when the encoder is imported. ``spconv_cpu_fixes_installed()`` reports it.
+when the encoder is imported. ``spconv_cpu_fixes_installed()`` reports it. Setting
+``PCDET_RMAE_TS_NO_SPCONV_FIXES=1`` leaves spconv untouched (to reproduce the faults).
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 from typing import Any, Callable
 
 import torch
@@ -131,7 +133,7 @@ def _patch(module: Any, name: str, make: Callable[[Callable], Callable]) -> None
 def apply_spconv_cpu_fixes() -> None:
     """Install the three CPU fixes into spconv (idempotent, no effect on GPU calls)."""
     global _INSTALLED
-    if _INSTALLED:
+    if _INSTALLED or os.environ.get("PCDET_RMAE_TS_NO_SPCONV_FIXES") == "1":
         return
     import_spconv()
     cppcore = importlib.import_module("spconv.pytorch.cppcore")

@@ -1,0 +1,287 @@
+"""Two-stage radial masking of voxels (R-MAE, Hess et al., "Masked Autoencoder for
+Self-Supervised Pre-Training on Lidar Point Clouds", WACV-W 2023).
+
+Stage 1 drops whole angular sectors around the sensor; stage 2 masks the voxels of
+the selected sectors with a probability that depends on their range band. All
+geometry comes from **metric voxel centres relative to the sensor origin**; every
+sample of a batch gets its own rotation, sector choice and draws. Fully vectorised
+on the input's device; reproducible from a ``torch.Generator``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+BANDS = ("NEAR", "MID", "FAR")
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Validated masking hyper-parameters (angles in degrees, distances in metres)."""
+
+    masked_ratio: float = 0.8
+    num_sectors: int = 36
+    sector_width: float = 10.0
+    near: float = 10.0
+    far: float = 30.0
+    band_probs: tuple = (0.5, 0.75, 0.9)
+    bernoulli: bool = True
+    two_stage: bool = True
+    min_kept_voxels: int = 32
+
+    def __post_init__(self):
+        if not 0.0 <= self.masked_ratio < 1.0:
+            raise ValueError(f"MASKED_RATIO must be in [0, 1), got {self.masked_ratio}")
+        if abs(self.num_sectors * self.sector_width - 360.0) > 1e-6:
+            raise ValueError(
+                f"NUM_ANGULAR_GROUPS x ANGULAR_GROUP_SIZE must equal 360 degrees, got "
+                f"{self.num_sectors} x {self.sector_width} = {self.num_sectors * self.sector_width}. "
+                f"Fix one of them (e.g. 36 groups of 10 degrees).")
+        if not 0.0 <= self.near <= self.far:
+            raise ValueError(f"DISTANCE_THRESHOLDS must be [near, far] with 0 <= near <= far, "
+                             f"got {[self.near, self.far]}")
+        if any(not 0.0 <= p <= 1.0 for p in self.band_probs):
+            raise ValueError(f"RANGE_MASK_PROBS must lie in [0, 1], got {dict(zip(BANDS, self.band_probs))}")
+        if self.min_kept_voxels < 0:
+            raise ValueError(f"MIN_KEPT_VOXELS must be >= 0, got {self.min_kept_voxels}")
+
+
+MASKING_KEYS = ("MASKED_RATIO", "NUM_ANGULAR_GROUPS", "ANGULAR_GROUP_SIZE", "ANGULAR_RANGE",
+                "DISTANCE_THRESHOLDS", "RANGE_MASK_PROBS", "USE_BERNOULLI_MASKING",
+                "ENABLE_2STAGE_MASKING", "MIN_KEPT_VOXELS", "MASKING_SEED")
+
+
+def masking_config_from_cfg(model_cfg) -> MaskingConfig:
+    """Parse the BACKBONE_3D keys of the seed config (``ANGULAR_RANGE`` is the older alias
+    of ``ANGULAR_GROUP_SIZE``; when only one of size/count is given the other follows)."""
+    width = model_cfg.get("ANGULAR_GROUP_SIZE", model_cfg.get("ANGULAR_RANGE"))
+    count = model_cfg.get("NUM_ANGULAR_GROUPS")
+    if width is None and count is None:
+        width, count = 10.0, 36
+    elif width is None:
+        width = 360.0 / float(count)
+    elif count is None:
+        count = int(round(360.0 / float(width)))
+    if "ANGULAR_GROUP_SIZE" in model_cfg and "ANGULAR_RANGE" in model_cfg \
+            and float(model_cfg["ANGULAR_GROUP_SIZE"]) != float(model_cfg["ANGULAR_RANGE"]):
+        raise ValueError("BACKBONE_3D sets both ANGULAR_GROUP_SIZE and its alias ANGULAR_RANGE with "
+                         "different values; keep one.")
+    near, far = model_cfg.get("DISTANCE_THRESHOLDS", [10.0, 30.0])
+    probs = model_cfg.get("RANGE_MASK_PROBS", {})
+    unknown = set(probs) - set(BANDS)
+    if unknown:
+        raise ValueError(f"RANGE_MASK_PROBS has unknown band(s) {sorted(unknown)}; valid: {list(BANDS)}")
+    defaults = dict(zip(BANDS, MaskingConfig.band_probs))
+    return MaskingConfig(
+        masked_ratio=float(model_cfg.get("MASKED_RATIO", 0.8)),
+        num_sectors=int(count),
+        sector_width=float(width),
+        near=float(near),
+        far=float(far),
+        band_probs=tuple(float(probs.get(b, defaults[b])) for b in BANDS),
+        bernoulli=bool(model_cfg.get("USE_BERNOULLI_MASKING", True)),
+        two_stage=bool(model_cfg.get("ENABLE_2STAGE_MASKING", True)),
+        min_kept_voxels=int(model_cfg.get("MIN_KEPT_VOXELS", 32)),
+    )
+
+
+@dataclass
+class MaskResult:
+    """Outcome of masking one batch.
+
+    keep: (N,) bool, True for voxels the student sees.
+    sector_offset: (B,) float, each sample's sector rotation in degrees.
+    sector_selected: (B, G) bool, sectors chosen in stage 1.
+    stats: scalar tensors for logging (achieved ratios, overall and per band).
+    """
+
+    keep: torch.Tensor
+    sector_offset: torch.Tensor
+    sector_selected: torch.Tensor
+    sector_width: float
+    stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def in_masked_sector(self, xy: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor:
+        """(M,) bool: whether metric points (M, 2) of samples ``batch_idx`` lie in a selected sector."""
+        sector = sector_index(xy, self.sector_offset[batch_idx], self.sector_width,
+                              self.sector_selected.shape[1])
+        return self.sector_selected[batch_idx, sector]
+
+
+def voxel_centres_xy(coords: torch.Tensor, voxel_size: Sequence[float],
+                     point_cloud_range: Sequence[float]) -> torch.Tensor:
+    """(N, 2) metric x, y of voxel centres from (N, 4) [b, z, y, x] coords."""
+    ixy = coords[:, [3, 2]].to(torch.float32)
+    size = torch.as_tensor(voxel_size[:2], dtype=torch.float32, device=coords.device)
+    origin = torch.as_tensor(point_cloud_range[:2], dtype=torch.float32, device=coords.device)
+    return (ixy + 0.5) * size + origin
+
+
+def sector_index(xy: torch.Tensor, offset_deg: torch.Tensor, width: float, count: int) -> torch.Tensor:
+    """(N,) long sector of each metric point, sectors starting at ``offset_deg`` (per point)."""
+    azimuth = torch.rad2deg(torch.atan2(xy[:, 1], xy[:, 0]))
+    rotated = torch.remainder(azimuth - offset_deg, 360.0)
+    return torch.clamp((rotated / width).long(), max=count - 1)
+
+
+def rank_within_group(group: torch.Tensor, num_groups: int, generator: torch.Generator) -> torch.Tensor:
+    """(N,) long random rank of each element among the elements of its group (0-based)."""
+    n = group.shape[0]
+    perm = torch.randperm(n, device=group.device, generator=generator)
+    order = perm[torch.argsort(group[perm], stable=True)]
+    counts = torch.zeros(num_groups, dtype=torch.long, device=group.device)
+    counts.scatter_add_(0, group, torch.ones_like(group))
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = torch.empty_like(group)
+    ranks[order] = torch.arange(n, device=group.device) - starts[group[order]]
+    return ranks
+
+
+class RadialMasker:
+    """Per-sample two-stage radial masking; holds its own generator for exact resume."""
+
+    def __init__(self, config: MaskingConfig, voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float], seed: Optional[int] = None):
+        self.config = config
+        self.voxel_size = [float(v) for v in voxel_size]
+        self.point_cloud_range = [float(v) for v in point_cloud_range]
+        self.seed = seed
+        self._generators: Dict[str, torch.Generator] = {}
+        self._warned_unreachable = False
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            self._generators[key] = gen
+        return self._generators[key]
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {key: gen.get_state() for key, gen in self._generators.items()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        for key, gen_state in state.items():
+            self.generator(torch.device(key)).set_state(gen_state)
+
+    def __call__(self, coords: torch.Tensor, batch_size: int,
+                 generator: Optional[torch.Generator] = None) -> MaskResult:
+        """Mask (N, 4) [b, z, y, x] voxel coords of ``batch_size`` samples."""
+        cfg = self.config
+        device = coords.device
+        gen = generator if generator is not None else self.generator(device)
+        batch = coords[:, 0].long()
+        xy = voxel_centres_xy(coords, self.voxel_size, self.point_cloud_range)
+        offset = torch.rand(batch_size, device=device, generator=gen) * cfg.sector_width
+        sector = sector_index(xy, offset[batch], cfg.sector_width, cfg.num_sectors)
+        band = self._band(xy)
+        if cfg.masked_ratio == 0.0 or coords.shape[0] == 0:
+            keep = torch.ones(coords.shape[0], dtype=torch.bool, device=device)
+            selected = torch.zeros(batch_size, cfg.num_sectors, dtype=torch.bool, device=device)
+        else:
+            selected = self._select_sectors(batch, sector, band, batch_size, gen)
+            in_selected = selected[batch, sector]
+            keep = ~(in_selected & self._stage2(batch, band, in_selected, batch_size, gen))
+            keep = self._apply_floor(keep, batch, batch_size, gen)
+        result = MaskResult(keep, offset, selected, cfg.sector_width)
+        result.stats = self._stats(keep, batch, band, batch_size)
+        return result
+
+    def _band(self, xy: torch.Tensor) -> torch.Tensor:
+        dist = torch.linalg.norm(xy, dim=1)
+        return (dist > self.config.near).long() + (dist > self.config.far).long()
+
+    def _select_sectors(self, batch, sector, band, batch_size, gen) -> torch.Tensor:
+        """(B, G) bool. Sectors are taken in a random order per sample until their expected
+        masked mass reaches ``masked_ratio`` x the sample's voxels; the sector that crosses
+        the target is taken with the probability that makes the expectation exact."""
+        cfg = self.config
+        num = cfg.num_sectors
+        device = batch.device
+        cell = batch * num + sector
+        if cfg.two_stage:
+            probs = torch.tensor(cfg.band_probs, dtype=torch.float32, device=device)
+            mass = torch.zeros(batch_size * num, device=device).scatter_add_(0, cell, probs[band])
+            voxels = torch.zeros(batch_size, device=device).scatter_add_(
+                0, batch, torch.ones_like(batch, dtype=torch.float32))
+            target = cfg.masked_ratio * voxels
+        else:  # stage 1 only: a fraction masked_ratio of the non-empty sectors
+            occupied = torch.zeros(batch_size * num, device=device).scatter_(0, cell, 1.0)
+            mass = occupied
+            target = cfg.masked_ratio * occupied.view(batch_size, num).sum(1)
+        mass = mass.view(batch_size, num)
+        reachable = mass.sum(1) + 1e-6 >= target
+        self._warn_unreachable(reachable)
+        order = torch.argsort(torch.rand(batch_size, num, device=device, generator=gen), dim=1)
+        mass_sorted = torch.gather(mass, 1, order)
+        before = torch.cumsum(mass_sorted, 1) - mass_sorted
+        need = (target[:, None] - before).clamp(min=0.0)
+        take_prob = torch.where(mass_sorted > 0, need / mass_sorted.clamp(min=1e-12),
+                                torch.zeros_like(need)).clamp(max=1.0)
+        take_sorted = torch.rand(batch_size, num, device=device, generator=gen) < take_prob
+        take_sorted |= ~reachable[:, None]
+        selected = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)
+        return selected
+
+    def _warn_unreachable(self, reachable: torch.Tensor) -> None:
+        if not self._warned_unreachable and not bool(reachable.all()):
+            logger.warning(
+                "Masking: RANGE_MASK_PROBS %s cannot reach MASKED_RATIO %.2f for some samples even with "
+                "every sector selected; all sectors are used for those samples (their achieved ratio is "
+                "lower). Raise the band probabilities or lower MASKED_RATIO. (Logged once.)",
+                dict(zip(BANDS, self.config.band_probs)), self.config.masked_ratio)
+            self._warned_unreachable = True
+
+    def _stage2(self, batch, band, in_selected, batch_size, gen) -> torch.Tensor:
+        """(N,) bool: masked by the range-aware stage (True everywhere when stage 2 is off)."""
+        cfg = self.config
+        if not cfg.two_stage:
+            return torch.ones_like(in_selected)
+        probs = torch.tensor(cfg.band_probs, dtype=torch.float32, device=batch.device)[band]
+        if cfg.bernoulli:
+            return torch.rand(batch.shape[0], device=batch.device, generator=gen) < probs
+        # exact count per (sample, band) among the voxels of selected sectors
+        group = (batch * 3 + band) * 2 + in_selected.long()
+        num_groups = batch_size * 6
+        ranks = rank_within_group(group, num_groups, gen)
+        counts = torch.zeros(num_groups, device=batch.device).scatter_add_(
+            0, group, torch.ones_like(probs))
+        quota = torch.round(counts[group] * probs)
+        return ranks.to(quota.dtype) < quota
+
+    def _apply_floor(self, keep, batch, batch_size, gen) -> torch.Tensor:
+        """Unmask random voxels so every non-empty sample keeps ``min_kept_voxels`` (or all)."""
+        floor = self.config.min_kept_voxels
+        if floor == 0:
+            return keep
+        ones = torch.ones_like(batch)
+        total = torch.zeros(batch_size, dtype=torch.long, device=batch.device).scatter_add_(0, batch, ones)
+        kept = torch.zeros_like(total).scatter_add_(0, batch, keep.long())
+        deficit = (torch.clamp(total, max=floor) - kept).clamp(min=0)
+        group = batch * 2 + keep.long()  # rank the masked voxels of each sample
+        ranks = rank_within_group(group, batch_size * 2, gen)
+        return keep | (ranks < deficit[batch])
+
+    def _stats(self, keep, batch, band, batch_size) -> Dict[str, torch.Tensor]:
+        masked = (~keep).float()
+        stats = {"mask_ratio": masked.mean() if keep.numel() else masked.new_zeros(())}
+        per_sample = torch.zeros(batch_size, device=keep.device).scatter_add_(0, batch, masked)
+        counts = torch.zeros(batch_size, device=keep.device).scatter_add_(0, batch, torch.ones_like(masked))
+        nonempty = counts > 0
+        ratio = per_sample[nonempty] / counts[nonempty]
+        stats["mask_ratio_sample_mean"] = ratio.mean() if ratio.numel() else masked.new_zeros(())
+        stats["mask_ratio_sample_min"] = ratio.min() if ratio.numel() else masked.new_zeros(())
+        band_masked = torch.zeros(3, device=keep.device).scatter_add_(0, band, masked)
+        band_total = torch.zeros(3, device=keep.device).scatter_add_(0, band, torch.ones_like(masked))
+        for i, name in enumerate(BANDS):
+            stats[f"mask_ratio_{name.lower()}"] = band_masked[i] / band_total[i].clamp(min=1.0)
+        return stats
+
+
+__all__ = ["MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg", "voxel_centres_xy",
+           "sector_index", "rank_within_group", "MASKING_KEYS", "BANDS"]

@@ -1,0 +1,292 @@
+"""RMAECMAEBackbonePhase1: VoxelNeXt encoder + radial masking + occupancy decoder +
+teacher-student branch, as an OpenPCDet BACKBONE_3D.
+
+With ``PRETRAINING: False`` it is exactly a VoxelNeXt encoder (same state_dict keys);
+with ``PRETRAINING: True`` the student encodes the radially masked voxels and learns
+to predict the coarse occupancy of the complete scene, while a teacher (EMA copy or
+the student itself, no gradient) encodes the complete voxels.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masking import MASKING_KEYS, RadialMasker, masking_config_from_cfg
+from ..occupancy import (SOURCE_BY_STRIDE, OccupancyDecoder, cells_in_range, coarse_shape,
+                         occupancy_config_from_cfg, occupancy_loss, occupancy_metrics, occupancy_targets)
+from ..sparse_align import match_sites
+from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
+from .encoder import ENCODER_KEYS, ENCODER_MODULES, VoxelNeXtEncoder
+
+logger = logging.getLogger(__name__)
+
+TEACHER_STUDENT_KEYS = ("ENABLE_TEACHER_STUDENT", "TEACHER_STUDENT_MODE", "TEACHER_BACKBONE_TYPE",
+                        "TEACHER_MOMENTUM", "TEACHER_LOG_INTERVAL", "FEATURE_DIM")
+PHASE2_KEYS = ("MLFR", "VOXEL_CONTRAST", "FRAME_CONTRAST")
+VALID_KEYS = ("NAME", "PRETRAINING", "OCCUPANCY_DECODER", "LOSS_CONFIG") + ENCODER_KEYS + MASKING_KEYS \
+    + TEACHER_STUDENT_KEYS + PHASE2_KEYS
+
+
+def check_backbone_keys(model_cfg, where: str = "MODEL.BACKBONE_3D") -> None:
+    """Raise a clear error for a key this backbone does not know (typos would silently do nothing)."""
+    for key in model_cfg:
+        if key not in VALID_KEYS:
+            near = difflib.get_close_matches(key, VALID_KEYS, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"{where}.{key} is not a key of RMAECMAEBackbonePhase1.{hint} "
+                             f"Valid keys: {', '.join(VALID_KEYS)}.")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the pretraining loss terms (``LOSS_CONFIG``)."""
+
+    rmae: float = 1.0
+    teacher_student: float = 0.0
+
+    @classmethod
+    def from_cfg(cls, loss_cfg) -> "LossWeights":
+        loss_cfg = loss_cfg or {}
+        return cls(rmae=float(loss_cfg.get("RMAE_WEIGHT", 1.0)),
+                   teacher_student=float(loss_cfg.get("TEACHER_STUDENT_WEIGHT", 0.0)))
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    enabled: bool = False
+    kind: str = "identical"
+    momentum: float = 0.996
+    log_interval: int = 50
+    feature_dim: int = 128
+
+    def __post_init__(self):
+        if self.kind not in TEACHER_TYPES:
+            raise ValueError(f"TEACHER_BACKBONE_TYPE must be one of {TEACHER_TYPES}, got '{self.kind}'")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"TEACHER_MOMENTUM must be in [0, 1], got {self.momentum}")
+        if self.log_interval < 1:
+            raise ValueError(f"TEACHER_LOG_INTERVAL must be >= 1, got {self.log_interval}")
+
+    @classmethod
+    def from_cfg(cls, model_cfg) -> "TeacherConfig":
+        return cls(enabled=bool(model_cfg.get("ENABLE_TEACHER_STUDENT", False)),
+                   kind=str(model_cfg.get("TEACHER_BACKBONE_TYPE", "identical")),
+                   momentum=float(model_cfg.get("TEACHER_MOMENTUM", 0.996)),
+                   log_interval=int(model_cfg.get("TEACHER_LOG_INTERVAL", 50)),
+                   feature_dim=int(model_cfg.get("FEATURE_DIM", 128)))
+
+
+def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_channels, in_channels), nn.LayerNorm(in_channels), nn.ReLU(),
+                         nn.Linear(in_channels, out_channels))
+
+
+class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
+    """OpenPCDet BACKBONE_3D: ``(model_cfg, input_channels, grid_size, voxel_size, point_cloud_range)``."""
+
+    def __init__(self, model_cfg, input_channels: int, grid_size: Sequence[int],
+                 voxel_size: Sequence[float], point_cloud_range: Sequence[float], **kwargs):
+        check_backbone_keys(model_cfg)
+        super().__init__(input_channels=input_channels, grid_size=grid_size,
+                         channels=model_cfg.get("CHANNELS", [16, 32, 64, 128, 128]),
+                         out_channel=model_cfg.get("OUT_CHANNEL", 128),
+                         kernel_sizes=model_cfg.get("SPCONV_KERNEL_SIZES", [3, 3, 3, 3]))
+        self.model_cfg = model_cfg
+        self.voxel_size = [float(v) for v in voxel_size]
+        self.point_cloud_range = [float(v) for v in point_cloud_range]
+        self.pretraining = bool(model_cfg.get("PRETRAINING", False))
+        self.loss_weights = LossWeights.from_cfg(model_cfg.get("LOSS_CONFIG"))
+        self.teacher_cfg = TeacherConfig.from_cfg(model_cfg)
+        self.forward_ret_dict: Dict[str, object] = {}
+        self._forward_calls = 0
+        if not self.pretraining:
+            if self.teacher_cfg.enabled:
+                logger.info("BACKBONE_3D: ENABLE_TEACHER_STUDENT is ignored when PRETRAINING is False.")
+            return
+        self.masker = RadialMasker(masking_config_from_cfg(model_cfg), self.voxel_size,
+                                   self.point_cloud_range, seed=model_cfg.get("MASKING_SEED"))
+        self.occupancy_cfg = occupancy_config_from_cfg(model_cfg.get("OCCUPANCY_DECODER"))
+        stride = self.occupancy_cfg.stride
+        self.occupancy_source = SOURCE_BY_STRIDE[stride]
+        self.occupancy_shape = coarse_shape(self.sparse_shape, stride)
+        if self.occupancy_source == "encoded_spconv_tensor":
+            source_channels, source_z = self.num_point_features, 1
+        else:
+            source_channels, source_z = self.backbone_channels[self.occupancy_source], self.occupancy_shape[0]
+        self.occupancy_decoder = OccupancyDecoder(
+            source_channels, self.occupancy_shape[0], source_z, self.occupancy_cfg.reduced_channels,
+            self.occupancy_cfg.hidden_channels, self.occupancy_cfg.dilations)
+        self.register_buffer("occupancy_valid", cells_in_range(
+            self.occupancy_shape, stride, self.voxel_size, self.point_cloud_range, torch.device("cpu")),
+            persistent=False)
+        # Extension point: Phase 2 losses are added with add_teacher_student_loss().
+        self.ts_losses = nn.ModuleDict()
+        self.ts_loss_weights: Dict[str, float] = {}
+        if self.teacher_cfg.enabled:
+            self._build_teacher()
+
+    # ------------------------------------------------------------------ construction
+    def _build_teacher(self) -> None:
+        dim = self.teacher_cfg.feature_dim
+        self.student_projector = projection_head(self.num_point_features, dim)
+        if self.teacher_cfg.kind == "ema":
+            teacher = VoxelNeXtEncoder(**self.init_kwargs)
+            teacher.load_state_dict(self.encoder_state_dict())
+            self.teacher = teacher.requires_grad_(False)
+            self.teacher_projector = copy.deepcopy(self.student_projector).requires_grad_(False)
+
+    def _occupancy_source_tensor(self, encoded: dict):
+        if self.occupancy_source == "encoded_spconv_tensor":
+            return encoded["encoded_spconv_tensor"]
+        return encoded["multi_scale_3d_features"][self.occupancy_source]
+
+    def encoder_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The student's VoxelNeXt part of the state_dict (what a detector loads)."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in ENCODER_MODULES}
+
+    def add_teacher_student_loss(self, name: str, loss: nn.Module, weight: float) -> None:
+        """Plug a teacher-student loss in: ``loss(student=..., teacher=..., mask=..., batch_size=...)``
+        must return ``(scalar, tb_dict)``; it is weighted by ``weight`` x TEACHER_STUDENT_WEIGHT."""
+        if not self.pretraining or not self.teacher_cfg.enabled:
+            raise ValueError(f"Teacher-student loss '{name}' needs PRETRAINING and ENABLE_TEACHER_STUDENT")
+        self.ts_losses[name] = loss
+        self.ts_loss_weights[name] = float(weight)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch_dict: dict) -> dict:
+        features, coords = batch_dict["voxel_features"], batch_dict["voxel_coords"].int()
+        batch_size = int(batch_dict["batch_size"])
+        step = int(batch_dict.get("global_step", self._forward_calls))
+        self._forward_calls += 1
+        if not (self.pretraining and self.training):
+            return super().forward(batch_dict)
+        mask = self.masker(coords, batch_size)
+        student = self.encode(features[mask.keep], coords[mask.keep], batch_size)
+        batch_dict.update(student)
+        logits = self.occupancy_decoder(self._occupancy_source_tensor(student), batch_size)
+        ret = {"mask": mask, "student": student, "occupancy_logits": logits, "coords": coords,
+               "batch_size": batch_size}
+        if self._teacher_runs(step):
+            ret["teacher"] = self._teacher_forward(features, coords, batch_size)
+            batch_dict["teacher_outputs"] = ret["teacher"]
+        batch_dict["rmae_mask"] = mask
+        self.forward_ret_dict = ret
+        return batch_dict
+
+    def _teacher_runs(self, step: int) -> bool:
+        if not self.teacher_cfg.enabled:
+            return False
+        if self.loss_weights.teacher_student > 0 and self.ts_losses:
+            return True
+        return step % self.teacher_cfg.log_interval == 0
+
+    @torch.no_grad()
+    def _teacher_forward(self, features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> dict:
+        """Multi-scale features of the complete voxels (x_conv1..x_conv4, BEV), never the student's tensors."""
+        if self.teacher_cfg.kind == "ema":
+            encoder, projector = self.teacher, self.teacher_projector
+            with frozen_bn_buffers(encoder):
+                out = encoder.encode(features, coords, batch_size)
+        else:
+            encoder, projector = self, self.student_projector
+            with frozen_bn_buffers(self):
+                out = self.encode(features, coords, batch_size)
+        out["projected_bev"] = projector(out["encoded_spconv_tensor"].features)
+        return out
+
+    # ------------------------------------------------------------------ teacher update
+    @torch.no_grad()
+    def update_teacher(self, progress: float) -> Optional[float]:
+        """EMA step after an optimizer step; ``progress`` = global step / total steps in [0, 1].
+        Returns the momentum used (None when there is no EMA teacher)."""
+        if not (self.pretraining and self.teacher_cfg.enabled and self.teacher_cfg.kind == "ema"):
+            return None
+        momentum = cosine_momentum(progress, self.teacher_cfg.momentum)
+        ema_update(self.teacher, self, momentum)
+        ema_update(self.teacher_projector, self.student_projector, momentum)
+        return momentum
+
+    # ------------------------------------------------------------------ loss
+    def get_loss(self, loss_weights: Optional[LossWeights] = None) -> Tuple[torch.Tensor, dict]:
+        """Weighted pretraining loss and a tb_dict with every term, masking and occupancy statistics."""
+        if not self.pretraining:
+            raise RuntimeError("get_loss() is only defined for PRETRAINING: True; fine-tuning losses "
+                               "come from the detection head.")
+        ret = self.forward_ret_dict
+        if "occupancy_logits" not in ret:
+            raise RuntimeError("get_loss() called before a training-mode forward of the backbone.")
+        weights = loss_weights or self.loss_weights
+        if weights.rmae <= 0 and weights.teacher_student <= 0:
+            raise ValueError("LOSS_CONFIG: RMAE_WEIGHT and TEACHER_STUDENT_WEIGHT are both 0; nothing would "
+                             "be trained. Set RMAE_WEIGHT: 1.0 for R-MAE pretraining.")
+        occ_loss, tb_dict = self._occupancy_loss(ret)
+        loss = weights.rmae * occ_loss
+        tb_dict["loss_rmae"] = occ_loss.detach()
+        if weights.teacher_student > 0:
+            ts_loss, ts_tb = self._teacher_student_loss(ret)
+            loss = loss + weights.teacher_student * ts_loss
+            tb_dict.update(ts_tb)
+        if "teacher" in ret:
+            tb_dict["ts_cosine_similarity"] = self._student_teacher_similarity(ret)
+        tb_dict.update({k: v.detach() for k, v in ret["mask"].stats.items()})
+        tb_dict["loss"] = loss.detach()
+        return loss, tb_dict
+
+    def _occupancy_loss(self, ret) -> Tuple[torch.Tensor, dict]:
+        cfg = self.occupancy_cfg
+        logits = ret["occupancy_logits"]
+        target = occupancy_targets(ret["coords"], ret["batch_size"], self.sparse_shape, cfg.stride)
+        valid = self.occupancy_valid.to(logits.device)[None] if cfg.restrict_to_range else None
+        loss = occupancy_loss(logits, target, valid, cfg.pos_weight, cfg.focal_gamma)
+        region = valid if valid is not None else torch.ones_like(target, dtype=torch.bool)
+        tb_dict = occupancy_metrics(logits, target, region, prefix="occ")
+        masked_region = region & self._masked_cells(ret["mask"], ret["batch_size"], logits.device)
+        tb_dict.update(occupancy_metrics(logits, target, masked_region, prefix="occ_masked"))
+        return loss, tb_dict
+
+    def _masked_cells(self, mask, batch_size: int, device) -> torch.Tensor:
+        """(B, 1, Y', X') bool: coarse BEV cells whose centre lies in a masked sector."""
+        _, ny, nx = self.occupancy_shape
+        stride = self.occupancy_cfg.stride
+        ys = (torch.arange(ny, device=device) + 0.5) * stride * self.voxel_size[1] + self.point_cloud_range[1]
+        xs = (torch.arange(nx, device=device) + 0.5) * stride * self.voxel_size[0] + self.point_cloud_range[0]
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        xy = torch.stack([grid_x.flatten(), grid_y.flatten()], 1).repeat(batch_size, 1)
+        batch = torch.arange(batch_size, device=device).repeat_interleave(ny * nx)
+        return mask.in_masked_sector(xy, batch).view(batch_size, 1, ny, nx)
+
+    def _teacher_student_loss(self, ret) -> Tuple[torch.Tensor, dict]:
+        if not self.ts_losses:
+            raise ValueError("LOSS_CONFIG.TEACHER_STUDENT_WEIGHT > 0 but no teacher-student loss is configured "
+                             "(enable MLFR, VOXEL_CONTRAST or FRAME_CONTRAST under BACKBONE_3D), or set it to 0.")
+        if "teacher" not in ret:
+            raise RuntimeError("Teacher-student loss requested but the teacher did not run this step.")
+        total = None
+        tb_dict = {}
+        for name, loss_fn in self.ts_losses.items():
+            value, parts = loss_fn(student=ret["student"], teacher=ret["teacher"], mask=ret["mask"],
+                                   batch_size=ret["batch_size"], backbone=self)
+            weighted = self.ts_loss_weights[name] * value
+            total = weighted if total is None else total + weighted
+            tb_dict[f"loss_{name}"] = value.detach()
+            tb_dict.update({f"{name}_{k}": v for k, v in parts.items()})
+        tb_dict["loss_teacher_student"] = total.detach()
+        return total, tb_dict
+
+    @torch.no_grad()
+    def _student_teacher_similarity(self, ret) -> torch.Tensor:
+        """Mean cosine similarity of projected BEV features on sites both views share."""
+        student_bev = ret["student"]["encoded_spconv_tensor"]
+        teacher_bev = ret["teacher"]["encoded_spconv_tensor"]
+        i_s, i_t = match_sites(student_bev.indices, teacher_bev.indices, teacher_bev.spatial_shape)
+        if i_s.numel() == 0:
+            return torch.tensor(float("nan"), device=student_bev.features.device)
+        student_proj = self.student_projector(student_bev.features[i_s])
+        return F.cosine_similarity(student_proj, ret["teacher"]["projected_bev"][i_t], dim=1).mean()

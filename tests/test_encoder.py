@@ -1,0 +1,85 @@
+"""The encoder is a drop-in for OpenPCDet's VoxelResBackBone8xVoxelNeXt (real reference data)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pcdet_rmae_ts.models.encoder import VoxelNeXtEncoder
+
+
+@pytest.fixture(scope="module")
+def golden(reference_path):
+    return torch.load(reference_path("voxelnext_backbone_golden.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize("input_channels", [3, 4])
+def test_state_dict_keys_and_shapes_equal_openpcdet(reference_path, input_channels):
+    reference = json.loads(reference_path("voxelnext_backbone_state_dict.json").read_text())
+    expected = reference["state_dict"][f"input_channels={input_channels}"]
+    encoder = VoxelNeXtEncoder(input_channels, [1408, 1408, 80])
+    got = {k: list(v.shape) for k, v in encoder.state_dict().items()}
+    assert got == expected
+
+
+def _run_golden(golden, threads: int):
+    cfg = golden["config"]
+    encoder = VoxelNeXtEncoder(golden["input_channels"], golden["grid_size_xyz"], cfg["CHANNELS"],
+                               cfg["OUT_CHANNEL"], cfg["SPCONV_KERNEL_SIZES"])
+    encoder.load_state_dict(golden["state_dict"])
+    encoder.train()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            return encoder.encode(golden["voxel_features"], golden["voxel_coords"], golden["batch_size"])
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_golden_outputs_reproduced(golden, threads):
+    out = _run_golden(golden, threads)
+    encoded = out["encoded_spconv_tensor"]
+    assert encoded.indices.shape[1] == 3, "the BEV output must be 2D [b, y, x] for VoxelNeXtHead"
+    assert torch.equal(encoded.indices.long(), golden["encoded_indices"].long())
+    assert list(encoded.spatial_shape) == list(golden["encoded_spatial_shape"])
+    assert out["encoded_spconv_tensor_stride"] == golden["encoded_stride"]
+    # one thread reproduces the reference bit for bit; two threads only reorder float sums
+    tol = dict(rtol=0, atol=0) if threads == 1 else dict(rtol=1e-5, atol=5e-4)
+    torch.testing.assert_close(encoded.features, golden["encoded_features"], **tol)
+    assert out["multi_scale_3d_strides"] == golden["multi_scale_3d_strides"]
+    for name in ("x_conv1", "x_conv2", "x_conv3", "x_conv4"):
+        tensor = out["multi_scale_3d_features"][name]
+        assert torch.equal(tensor.indices.long(), golden[f"{name}_indices"].long()), name
+        assert list(tensor.spatial_shape) == list(golden[f"{name}_spatial_shape"]), name
+        torch.testing.assert_close(tensor.features, golden[f"{name}_features"], **tol)
+
+
+def test_forward_writes_openpcdet_batch_keys(golden):
+    cfg = golden["config"]
+    encoder = VoxelNeXtEncoder(4, golden["grid_size_xyz"], cfg["CHANNELS"], cfg["OUT_CHANNEL"])
+    batch = {"voxel_features": golden["voxel_features"], "voxel_coords": golden["voxel_coords"].float(),
+             "batch_size": 2}
+    with torch.no_grad():
+        out = encoder(batch)
+    assert out is batch
+    for key in ("encoded_spconv_tensor", "encoded_spconv_tensor_stride", "multi_scale_3d_features",
+                "multi_scale_3d_strides"):
+        assert key in out
+    assert encoder.num_point_features == cfg["OUT_CHANNEL"]
+    assert encoder.backbone_channels == {"x_conv1": 8, "x_conv2": 8, "x_conv3": 16, "x_conv4": 16}
+
+
+def test_eval_mode_runs_on_cpu(golden):
+    cfg = golden["config"]
+    encoder = VoxelNeXtEncoder(4, golden["grid_size_xyz"], cfg["CHANNELS"], cfg["OUT_CHANNEL"]).eval()
+    with torch.no_grad():
+        out = encoder.encode(golden["voxel_features"], golden["voxel_coords"], 2)
+    assert torch.isfinite(out["encoded_spconv_tensor"].features).all()
+
+
+def test_rejects_mismatched_deep_channels():
+    with pytest.raises(ValueError, match="c3 == c4"):
+        VoxelNeXtEncoder(4, [64, 64, 16], channels=[8, 8, 16, 16, 32])
