@@ -424,6 +424,8 @@ class DifferentialLRScheduler:
     ``state_dict()`` holds only Python ints/floats (``torch.load(weights_only=True)`` safe).
     Group ratios are read from ``param_groups`` at every step, so after
     ``optimizer.load_state_dict`` the checkpoint's ``lr_scale`` values apply.
+    The constructor applies the LRs of iteration ``max(last_epoch, 0) * total_iters_each_epoch``;
+    OpenPCDet's loop then calls ``step`` with the true global iteration before every forward.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Any, *, total_iters_each_epoch: int,
