@@ -7,8 +7,14 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from pcdet_rmae_ts.masking import (MaskingConfig, RadialMasker, masking_config_from_cfg, rank_within_group,
-                                   sector_index, voxel_centres_xy)
+from pcdet_rmae_ts.masking import (
+    MaskingConfig,
+    RadialMasker,
+    masking_config_from_cfg,
+    rank_within_group,
+    sector_index,
+    voxel_centres_xy,
+)
 
 VOXEL = [0.1, 0.1, 0.2]
 RANGE = [-70.4, -70.4, -6.0, 70.4, 70.4, 10.0]

@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcdet_rmae_ts.occupancy import (OccupancyDecoder, cells_in_range, coarse_shape, occupancy_loss,
-                                     occupancy_metrics, occupancy_targets)
+from pcdet_rmae_ts.occupancy import (
+    OccupancyDecoder,
+    cells_in_range,
+    coarse_shape,
+    occupancy_loss,
+    occupancy_metrics,
+    occupancy_targets,
+)
 
 
 @pytest.mark.parametrize("stride", [4, 8])

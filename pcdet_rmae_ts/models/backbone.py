@@ -19,8 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masking import MASKING_KEYS, RadialMasker, masking_config_from_cfg
-from ..occupancy import (SOURCE_BY_STRIDE, OccupancyDecoder, cells_in_range, coarse_shape,
-                         occupancy_config_from_cfg, occupancy_loss, occupancy_metrics, occupancy_targets)
+from ..occupancy import (
+    SOURCE_BY_STRIDE,
+    OccupancyDecoder,
+    cells_in_range,
+    coarse_shape,
+    occupancy_config_from_cfg,
+    occupancy_loss,
+    occupancy_metrics,
+    occupancy_targets,
+)
 from ..sparse_align import match_sites
 from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
 from .encoder import ENCODER_KEYS, ENCODER_MODULES, VoxelNeXtEncoder
