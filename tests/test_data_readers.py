@@ -1,0 +1,123 @@
+"""Readers: round trips for .npy/.bin/.pcd (ascii, binary, binary_compressed) and bad-file errors."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from pcdet_rmae_ts.data.pcd import lzf_decompress
+from pcdet_rmae_ts.data.readers import BadSampleError, read_points
+
+
+def _cloud(seed: int, n: int = 50, c: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-30, 30, size=(n, c)).astype(np.float32)
+
+
+def _pcd_header(n: int, data: str, fields=("x", "y", "z", "intensity")) -> bytes:
+    k = len(fields)
+    return ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
+            f"FIELDS {' '.join(fields)}\nSIZE {' '.join(['4'] * k)}\nTYPE {' '.join(['F'] * k)}\n"
+            f"COUNT {' '.join(['1'] * k)}\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\n"
+            f"POINTS {n}\nDATA {data}\n").encode("ascii")
+
+
+def _lzf_literals(raw: bytes) -> bytes:
+    """Valid LZF stream made of literal runs only (max 32 bytes each)."""
+    out = bytearray()
+    for i in range(0, len(raw), 32):
+        chunk = raw[i:i + 32]
+        out.append(len(chunk) - 1)
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_npy_and_bin_round_trip(tmp_path, seed):
+    pts = _cloud(seed)
+    np.save(tmp_path / "a.npy", pts)
+    pts.tofile(tmp_path / "a.bin")
+    np.testing.assert_array_equal(read_points(tmp_path / "a.npy"), pts)
+    np.testing.assert_array_equal(read_points(tmp_path / "a.bin"), pts)
+    np.testing.assert_array_equal(read_points(tmp_path / "a.bin", num_columns=4), pts)
+    pts[:, :3].copy().tofile(tmp_path / "b.bin")
+    np.testing.assert_array_equal(read_points(tmp_path / "b.bin", num_columns=3), pts[:, :3])
+
+
+def test_npy_float64_is_cast(tmp_path):
+    pts = _cloud(3).astype(np.float64)
+    np.save(tmp_path / "a.npy", pts)
+    out = read_points(tmp_path / "a.npy", num_columns=4)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, pts, rtol=1e-6)
+
+
+def test_pcd_ascii_round_trip(tmp_path):
+    pts = np.round(_cloud(4), 3)
+    body = "".join(" ".join(f"{v:.3f}" for v in row) + "\n" for row in pts)
+    (tmp_path / "a.pcd").write_bytes(_pcd_header(len(pts), "ascii") + body.encode())
+    np.testing.assert_allclose(read_points(tmp_path / "a.pcd", num_columns=4), pts, atol=1e-6)
+
+
+def test_pcd_binary_round_trip_with_mixed_types(tmp_path):
+    pts = _cloud(5, c=3)
+    ring = np.arange(len(pts), dtype=np.uint16)
+    header = ("VERSION 0.7\nFIELDS x y z ring\nSIZE 4 4 4 2\nTYPE F F F U\nCOUNT 1 1 1 1\n"
+              f"WIDTH {len(pts)}\nHEIGHT 1\nPOINTS {len(pts)}\nDATA binary\n").encode()
+    rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("ring", "<u2")])
+    rec["x"], rec["y"], rec["z"], rec["ring"] = pts[:, 0], pts[:, 1], pts[:, 2], ring
+    (tmp_path / "a.pcd").write_bytes(header + rec.tobytes())
+    out = read_points(tmp_path / "a.pcd")
+    np.testing.assert_array_equal(out[:, :3], pts)
+    np.testing.assert_array_equal(out[:, 3], ring.astype(np.float32))
+
+
+def test_pcd_binary_compressed_round_trip(tmp_path):
+    pts = _cloud(6)
+    columns = b"".join(np.ascontiguousarray(pts[:, k]).tobytes() for k in range(4))  # field-major
+    payload = _lzf_literals(columns)
+    body = struct.pack("<II", len(payload), len(columns)) + payload
+    (tmp_path / "a.pcd").write_bytes(_pcd_header(len(pts), "binary_compressed") + body)
+    np.testing.assert_array_equal(read_points(tmp_path / "a.pcd", num_columns=4), pts)
+
+
+def test_lzf_back_references():
+    assert lzf_decompress(bytes([2]) + b"abc" + bytes([32, 2]), 6) == b"abcabc"
+    assert lzf_decompress(bytes([0]) + b"a" + bytes([96, 0]), 6) == b"aaaaaa"  # overlapping copy
+
+
+def _bad_files(tmp_path):
+    pts = _cloud(7)
+    cases = {}
+    cases["missing"] = tmp_path / "missing.npy"
+    pts.tofile(tmp_path / "trunc.bin")
+    with open(tmp_path / "trunc.bin", "r+b") as f:
+        f.truncate(pts.nbytes - 6)
+    cases["truncated bin"] = tmp_path / "trunc.bin"
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage that is not an array")
+    cases["corrupt npy"] = tmp_path / "corrupt.npy"
+    np.save(tmp_path / "cols.npy", pts[:, :3])
+    cases["wrong columns"] = tmp_path / "cols.npy"
+    nan = pts.copy()
+    nan[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    cases["nan"] = tmp_path / "nan.npy"
+    inf = pts.copy()
+    inf[0, 2] = np.inf
+    np.save(tmp_path / "inf.npy", inf)
+    cases["inf"] = tmp_path / "inf.npy"
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4), np.float32))
+    cases["empty"] = tmp_path / "empty.npy"
+    (tmp_path / "short.pcd").write_bytes(_pcd_header(10, "binary") + b"\x00" * 20)
+    cases["truncated pcd"] = tmp_path / "short.pcd"
+    return cases
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated bin", "corrupt npy", "wrong columns", "nan", "inf",
+                                  "empty", "truncated pcd"])
+def test_bad_files_raise_bad_sample_error_naming_the_file(tmp_path, case):
+    path = _bad_files(tmp_path)[case]
+    with pytest.raises(BadSampleError) as info:
+        read_points(path, num_columns=4)
+    assert path.name in str(info.value)
+    assert isinstance(info.value, ValueError)
