@@ -6,9 +6,10 @@ plane, solid oriented boxes of the four classes (dumptruck, excavator, grader, r
 occlusion shadows. Range noise, intensity (reflectivity x incidence) and random dropout follow.
 
 Profiles: 'demo' (32 beams, 0.4 deg azimuth, 40 m; ~20k points and ~15k voxels per frame, about
-0.03 s per frame) and 'dense' (128 beams, Pandar128-like elevations, 0.1 deg azimuth, 70 m; ~340k
-points, ~0.3 s per frame). Voxels per dense frame, measured for rng seeds 0-4 at POINT_CLOUD_RANGE
-[-70.4, -70.4, -6, 70.4, 70.4, 10], VOXEL_SIZE [0.1, 0.1, 0.2]: 106k-137k (mean 120k).
+0.07 s per frame) and 'dense' (128 beams, Pandar128-like elevations, 0.1 deg azimuth, 70 m; ~330k
+points, ~1.1 s per frame). Voxels per dense frame, measured for rng seeds 0-4 at POINT_CLOUD_RANGE
+[-70.4, -70.4, -6, 70.4, 70.4, 10], VOXEL_SIZE [0.1, 0.1, 0.2]: 103k-133k (mean 117k), below
+MAX_NUMBER_OF_VOXELS 150000.
 
 CLI: ``python -m pcdet_rmae_ts.data.synthetic --out data/demo --frames 20 [--seed 0] [--profile demo]``.
 Points files have columns x, y, z, intensity, so configs use
