@@ -2,7 +2,8 @@
 
 Generates (or reuses) a dense-profile synthetic dataset, then measures frames/s of one process
 (`PretrainDataset.__getitem__` in a loop = what one DataLoader worker delivers) and of a DataLoader
-with N workers. Usage: ``python benchmarks/bench_data.py [--frames 16] [--workers 0 2] [--out r.json]``.
+with N workers. Usage (package installed, or PYTHONPATH=.):
+``python benchmarks/bench_data.py [--frames 16] [--workers 0 2] [--out r.json]``.
 """
 from __future__ import annotations
 
