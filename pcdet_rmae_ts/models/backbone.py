@@ -159,6 +159,13 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         """The student's VoxelNeXt part of the state_dict (what a detector loads)."""
         return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in ENCODER_MODULES}
 
+    def freeze_projectors(self) -> None:
+        """Phase 1 (no teacher-student loss): the projection heads get no gradient; freezing them
+        keeps them out of the optimizer and out of DDP's unused-parameter check."""
+        for name in ("student_projector", "teacher_projector"):
+            if hasattr(self, name):
+                getattr(self, name).requires_grad_(False)
+
     def add_teacher_student_loss(self, name: str, loss: nn.Module, weight: float) -> None:
         """Plug a teacher-student loss in: ``loss(student=..., teacher=..., mask=..., batch_size=...)``
         must return ``(scalar, tb_dict)``; it is weighted by ``weight`` x TEACHER_STUDENT_WEIGHT."""
@@ -290,11 +297,10 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
 
     @torch.no_grad()
     def _student_teacher_similarity(self, ret) -> torch.Tensor:
-        """Mean cosine similarity of projected BEV features on sites both views share."""
+        """Mean cosine similarity of student and teacher BEV features on the sites both views share."""
         student_bev = ret["student"]["encoded_spconv_tensor"]
         teacher_bev = ret["teacher"]["encoded_spconv_tensor"]
         i_s, i_t = match_sites(student_bev.indices, teacher_bev.indices, teacher_bev.spatial_shape)
         if i_s.numel() == 0:
             return torch.tensor(float("nan"), device=student_bev.features.device)
-        student_proj = self.student_projector(student_bev.features[i_s])
-        return F.cosine_similarity(student_proj, ret["teacher"]["projected_bev"][i_t], dim=1).mean()
+        return F.cosine_similarity(student_bev.features[i_s].float(), teacher_bev.features[i_t].float(), dim=1).mean()

@@ -1,0 +1,23 @@
+"""Move a collated numpy batch to the device as tensors (OpenPCDet's load_data_to_gpu, device-agnostic)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+KEEP_AS_IS = ("frame_id", "metadata", "calib", "batch_size")
+INTEGER_KEYS = ("voxel_coords", "voxel_num_points")
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if key in KEEP_AS_IS or not isinstance(value, (np.ndarray, torch.Tensor)):
+            out[key] = value
+            continue
+        tensor = torch.as_tensor(value)
+        if key in INTEGER_KEYS:
+            tensor = tensor.to(torch.int32)
+        elif tensor.is_floating_point():
+            tensor = tensor.float()
+        out[key] = tensor.to(device, non_blocking=True)
+    return out

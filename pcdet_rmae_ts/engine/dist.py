@@ -1,0 +1,37 @@
+"""torch.distributed helpers for torchrun (``--launcher pytorch``)."""
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def init_dist_pytorch(backend: str = "nccl", tcp_port: int | None = None) -> Tuple[int, int, int]:
+    """Initialise the process group from torchrun's environment; returns (world_size, rank, local_rank).
+
+    LOCAL_RANK comes from the environment (torch >= 2.0 launchers pass no ``--local_rank``)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("--launcher pytorch needs torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). "
+                           "Start with: torchrun --nproc_per_node=N tools/train_rmae_cmae_phase1.py ... "
+                           "or scripts/dist_pretrain.sh N ...")
+    if tcp_port is not None and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(tcp_port)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend)
+    return dist.get_world_size(), dist.get_rank(), local_rank
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1

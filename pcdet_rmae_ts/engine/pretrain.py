@@ -1,0 +1,184 @@
+"""Pretraining job: config -> data -> model -> optimizer -> (resume) -> train -> checkpoints.
+
+``tools/train_rmae_cmae_phase1.py`` is a thin CLI over :func:`run_pretraining`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
+from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_report, set_rng_state, unwrap
+from .dist import get_rank, init_dist_pytorch
+from .logging_utils import create_logger
+from .trainer import LoopConfig, Trainer, TrainState
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="R-MAE + teacher-student pretraining of a VoxelNeXt backbone")
+    parser.add_argument("--cfg_file", type=str, required=True, help="pretraining config (YAML)")
+    parser.add_argument("--batch_size", type=int, default=None, help="batch size per GPU (default: config)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: OPTIMIZATION.NUM_EPOCHS)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    parser.add_argument("--extra_tag", type=str, default="default", help="run name under the output folder")
+    parser.add_argument("--ckpt", type=str, default=None, help="resume from this checkpoint")
+    parser.add_argument("--pretrained_model", type=str, default=None, help="initialise weights from this file")
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    parser.add_argument("--tcp_port", type=int, default=18888, help="rendezvous port if MASTER_PORT is unset")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="ignored; read from LOCAL_RANK")
+    parser.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes")
+    parser.add_argument("--fix_random_seed", action="store_true", help="seed everything with --seed")
+    parser.add_argument("--seed", type=int, default=666)
+    parser.add_argument("--ckpt_save_interval", type=int, default=1, help="epochs between checkpoints")
+    parser.add_argument("--ckpt_save_time_interval", type=float, default=300.0,
+                        help="seconds between mid-epoch latest_model.pth saves")
+    parser.add_argument("--max_ckpt_save_num", type=int, default=30, help="epoch checkpoints to keep")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--output_dir", type=str, default="output", help="root of the output folders")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow loading pickled (non weights_only) checkpoints you trust")
+    parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER,
+                        help="override config keys: --set KEY VALUE [KEY VALUE ...]")
+    return parser
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_data_path(cfg, logger: logging.Logger) -> None:
+    """Create the built-in synthetic dataset when the config asks for it (demo configs)."""
+    synthetic = cfg.DATA_CONFIG.get("SYNTHETIC")
+    if not synthetic or get_rank() != 0:
+        return
+    from ..data.synthetic import ensure_dataset
+
+    ensure_dataset(cfg.DATA_CONFIG.DATA_PATH, frames=int(synthetic.get("FRAMES", 20)),
+                   seed=int(synthetic.get("SEED", 0)), profile=str(synthetic.get("PROFILE", "demo")),
+                   logger=logger)
+
+
+def _output_dirs(cfg, args) -> dict:
+    root = Path(args.output_dir) / cfg.EXP_GROUP_PATH / cfg.TAG / args.extra_tag
+    dirs = {"root": root, "ckpt": root / "ckpt", "tensorboard": root / "tensorboard"}
+    return dirs
+
+
+def _resume(args, model, optimizer, scheduler, scaler, ckpt_dir: Path, logger) -> TrainState:
+    path = Path(args.ckpt) if args.ckpt else latest_checkpoint(ckpt_dir)
+    if path is None:
+        return TrainState()
+    logger.info("Resuming from %s", path)
+    ckpt = load_checkpoint(path, trust_pickle=args.trust_checkpoint)
+    unwrap(model).load_state_dict(ckpt["model_state"])
+    if ckpt.get("optimizer_state") is not None:
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+    if ckpt.get("scheduler_state") is not None:
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+    if ckpt.get("scaler_state") is not None:
+        scaler.load_state_dict(ckpt["scaler_state"])
+    if ckpt.get("rng_state") is not None:
+        set_rng_state(ckpt["rng_state"])
+    masker = getattr(unwrap(model).backbone_3d, "masker", None)
+    if masker is not None and ckpt.get("masker_state"):
+        masker.load_state_dict(ckpt["masker_state"])
+    state = TrainState(epoch=int(ckpt["epoch"]), it=int(ckpt["it"]), skip_batches=int(ckpt.get("skip_batches", 0)))
+    logger.info("Resumed at epoch %d, iteration %d", state.epoch, state.it)
+    return state
+
+
+def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
+    """Run a pretraining job; returns the output folder."""
+    args = build_arg_parser().parse_args(argv)
+    cfg = cfg_from_yaml_file(args.cfg_file)
+    if args.set_cfgs:
+        cfg_from_list(args.set_cfgs, cfg)
+    distributed = args.launcher == "pytorch"
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    world_size, rank, local_rank = 1, 0, 0
+    if distributed:
+        world_size, rank, local_rank = init_dist_pytorch("nccl" if device_type == "cuda" else "gloo", args.tcp_port)
+    device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+    if args.fix_random_seed:
+        _seed_everything(args.seed + rank)
+
+    dirs = _output_dirs(cfg, args)
+    if rank == 0:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    logger = create_logger(dirs["root"] / f"log_train_{stamp}.txt", rank)
+    logging.getLogger("pcdet_rmae_ts").handlers[:] = logger.handlers
+    logger.info("**********************Start logging**********************")
+    logger.info("CUDA_VISIBLE_DEVICES=%s  device=%s  world_size=%d", os.environ.get("CUDA_VISIBLE_DEVICES", "ALL"),
+                device, world_size)
+    for key, value in vars(args).items():
+        logger.info("%-24s %s", key, value)
+    log_config_to_file(cfg, logger=logger)
+
+    optim_cfg = cfg.OPTIMIZATION
+    batch_size = args.batch_size or int(optim_cfg.BATCH_SIZE_PER_GPU)
+    epochs = args.epochs or int(optim_cfg.NUM_EPOCHS)
+    _prepare_data_path(cfg, logger)
+    if distributed:
+        torch.distributed.barrier()
+
+    from ..data import build_dataloader
+    from ..models.pretrain_model import PretrainModel
+    from ..optim import build_scheduler, create_optimizer_with_differential_lr
+
+    dataset, loader, sampler = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size, dist=distributed,
+                                                workers=args.workers, seed=args.seed, training=True, logger=logger)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training frames are fewer than one batch of {batch_size} per process "
+                         f"x {world_size} processes; lower --batch_size or add data.")
+    model = PretrainModel.from_config(cfg, dataset)
+    if args.sync_bn and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if args.pretrained_model:
+        load_weights_report(model, load_checkpoint(Path(args.pretrained_model),
+                                                   args.trust_checkpoint)["model_state"], logger)
+    optimizer = create_optimizer_with_differential_lr(model, optim_cfg, logger=logger)
+    scheduler, _ = build_scheduler(optimizer, len(loader), epochs, -1, optim_cfg)
+    amp = bool(args.amp and device.type == "cuda")
+    if args.amp and not amp:
+        logger.warning("--amp needs CUDA; running in fp32 on the CPU.")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    state = _resume(args, model, optimizer, scheduler, scaler, dirs["ckpt"], logger)
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    tb_writer = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+        tb_writer = SummaryWriter(log_dir=str(dirs["tensorboard"]))
+    loop = LoopConfig(total_epochs=epochs, grad_norm_clip=float(optim_cfg.get("GRAD_NORM_CLIP", 10.0)),
+                      ckpt_dir=dirs["ckpt"], ckpt_save_interval=args.ckpt_save_interval,
+                      max_ckpt_save_num=args.max_ckpt_save_num,
+                      ckpt_save_time_interval=args.ckpt_save_time_interval, amp=amp)
+    trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, rank, scaler)
+    logger.info("**********************Start training %s/%s(%s)**********************",
+                cfg.EXP_GROUP_PATH, cfg.TAG, args.extra_tag)
+    trainer.train(state)
+    if tb_writer is not None:
+        tb_writer.close()
+    logger.info("**********************End training; checkpoints in %s**********************", dirs["ckpt"])
+    if distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return dirs["root"]

@@ -1,0 +1,181 @@
+"""The pretraining loop: one optimizer step per batch, EMA teacher update after it,
+scalars to tensorboard, tqdm progress, periodic and time-based checkpoints."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .batch import batch_to_device
+from .checkpoint import LATEST_NAME, checkpoint_state, prune_checkpoints, save_checkpoint, unwrap
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0          # completed epochs
+    it: int = 0             # optimizer steps so far
+    skip_batches: int = 0   # batches of the current epoch already done (mid-epoch resume)
+
+
+@dataclass
+class LoopConfig:
+    total_epochs: int
+    grad_norm_clip: float
+    ckpt_dir: Path
+    ckpt_save_interval: int = 1
+    max_ckpt_save_num: int = 30
+    ckpt_save_time_interval: float = 300.0
+    log_interval: int = 1
+    amp: bool = False
+
+
+class SkipFirst(torch.utils.data.Sampler):
+    """The sampler's order for this epoch minus the first ``n`` batches' worth of indices."""
+
+    def __init__(self, sampler, n: int):
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self):
+        for i, item in enumerate(iter(self.sampler)):
+            if i >= self.n:
+                yield item
+
+    def __len__(self):
+        return max(len(self.sampler) - self.n, 0)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optimizer, scheduler, loader, sampler, device: torch.device,
+                 loop: LoopConfig, logger: logging.Logger, tb_writer=None, rank: int = 0, scaler=None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loader, self.sampler, self.device = loader, sampler, device
+        self.loop, self.logger, self.tb, self.rank = loop, logger, tb_writer, rank
+        self.scaler = scaler
+        self.iters_per_epoch = len(loader)
+        self.total_iters = self.iters_per_epoch * loop.total_epochs
+        self._last_time_ckpt = time.time()
+
+    # ------------------------------------------------------------------ public
+    def train(self, state: TrainState) -> TrainState:
+        bar = tqdm(total=self.loop.total_epochs, initial=state.epoch, desc="epochs", dynamic_ncols=True,
+                   disable=self.rank != 0, leave=True)
+        while state.epoch < self.loop.total_epochs:
+            self.train_one_epoch(state)
+            state.epoch += 1
+            state.skip_batches = 0
+            bar.update(1)
+            self._epoch_checkpoint(state)
+        bar.close()
+        return state
+
+    def train_one_epoch(self, state: TrainState) -> None:
+        self.sampler.set_epoch(state.epoch)
+        loader = self._epoch_loader(state.skip_batches)
+        bar = tqdm(total=self.iters_per_epoch, initial=state.skip_batches, desc=f"epoch {state.epoch + 1}",
+                   dynamic_ncols=True, disable=self.rank != 0, leave=False)
+        self.model.train()
+        end = time.time()
+        losses = []
+        for batch in loader:
+            data_time = time.time() - end
+            tb_dict = self.train_step(batch, state)
+            state.it += 1
+            state.skip_batches += 1
+            step_time = time.time() - end
+            end = time.time()
+            self._log_step(tb_dict, state, data_time, step_time, batch["batch_size"])
+            losses.append(float(tb_dict["loss"]))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.scheduler.base_lr:.2e}")
+            bar.update(1)
+            self._time_checkpoint(state)
+        bar.close()
+        if losses:
+            self.logger.info("epoch %d/%d: mean loss %.4f (first %.4f, last %.4f) over %d iterations",
+                             state.epoch + 1, self.loop.total_epochs, sum(losses) / len(losses), losses[0],
+                             losses[-1], len(losses))
+
+    def train_step(self, batch: dict, state: TrainState) -> dict:
+        """scheduler -> forward -> backward -> clip -> optimizer step -> global step -> EMA teacher."""
+        self.scheduler.step(state.it, state.epoch)
+        batch = batch_to_device(batch, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.loop.amp):
+            loss, tb_dict = self.model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"Non-finite loss {float(loss)} at iteration {state.it} "
+                                     f"(frames {list(batch.get('frame_id', []))}); terms: "
+                                     f"{ {k: float(v) for k, v in tb_dict.items()} }")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_norm_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        inner = unwrap(self.model)
+        inner.update_global_step()
+        momentum = inner.backbone_3d.update_teacher(progress=(state.it + 1) / max(self.total_iters, 1))
+        tb_dict = dict(tb_dict)
+        tb_dict["grad_norm"] = grad_norm
+        if momentum is not None:
+            tb_dict["teacher_momentum"] = momentum
+        return tb_dict
+
+    # ------------------------------------------------------------------ helpers
+    def _epoch_loader(self, skip: int):
+        if skip == 0:
+            return self.loader
+        self.logger.info("Resuming epoch mid-way: skipping its first %d batches", skip)
+        loader = self.loader
+        sampler = SkipFirst(self.sampler, skip * loader.batch_size)
+        return torch.utils.data.DataLoader(
+            loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn, drop_last=loader.drop_last, pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn)
+
+    def _log_step(self, tb_dict: dict, state: TrainState, data_time: float, step_time: float,
+                  batch_size: int) -> None:
+        if self.tb is None or state.it % self.loop.log_interval != 0:
+            return
+        for key, value in tb_dict.items():
+            value = float(value)
+            if math.isfinite(value):
+                self.tb.add_scalar(f"train/{key}", value, state.it)
+        self.tb.add_scalar("meta_data/learning_rate", self.scheduler.base_lr, state.it)
+        for name, lr in self.scheduler.get_group_lrs().items():
+            self.tb.add_scalar(f"meta_data/learning_rate/{name}", lr, state.it)
+        self.tb.add_scalar("meta_data/frames_per_second", batch_size / max(step_time, 1e-9), state.it)
+        self.tb.add_scalar("meta_data/data_time", data_time, state.it)
+
+    def _save(self, path: Path, state: TrainState) -> None:
+        if self.rank != 0:
+            return
+        extra = {"skip_batches": int(state.skip_batches)}
+        save_checkpoint(checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler,
+                                         epoch=state.epoch, it=state.it, extra=extra), path)
+
+    def _epoch_checkpoint(self, state: TrainState) -> None:
+        if state.epoch % self.loop.ckpt_save_interval != 0 and state.epoch != self.loop.total_epochs:
+            return
+        path = self.loop.ckpt_dir / f"checkpoint_epoch_{state.epoch}.pth"
+        self._save(path, state)
+        if self.rank == 0:
+            prune_checkpoints(self.loop.ckpt_dir, self.loop.max_ckpt_save_num)
+            latest = self.loop.ckpt_dir / LATEST_NAME
+            if latest.exists():
+                latest.unlink()
+            self.logger.info("Saved %s", path)
+        self._last_time_ckpt = time.time()
+
+    def _time_checkpoint(self, state: TrainState) -> None:
+        if time.time() - self._last_time_ckpt < self.loop.ckpt_save_time_interval:
+            return
+        if state.skip_batches >= self.iters_per_epoch:
+            return  # the epoch checkpoint follows
+        self._save(self.loop.ckpt_dir / LATEST_NAME, state)
+        self._last_time_ckpt = time.time()

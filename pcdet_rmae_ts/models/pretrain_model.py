@@ -1,0 +1,62 @@
+"""PretrainModel: the pcdet-free container used by the pretraining engine.
+
+Modules are named ``vfe`` and ``backbone_3d`` and a ``global_step`` buffer is kept,
+so the state_dict keys are the ones OpenPCDet's detectors use and a checkpoint
+loads with ``--pretrained_model`` into a VoxelNeXt detector.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import resolve_loss_config
+from .backbone import LossWeights, RMAECMAEBackbonePhase1
+from .vfe import MeanVFE
+
+
+class PretrainModel(nn.Module):
+    def __init__(self, model_cfg, num_point_features: int, grid_size, voxel_size, point_cloud_range,
+                 loss_weights: Optional[LossWeights] = None):
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.register_buffer("global_step", torch.zeros(1, dtype=torch.long))
+        vfe_name = model_cfg.get("VFE", {}).get("NAME", "MeanVFE")
+        if vfe_name != "MeanVFE":
+            raise ValueError(f"MODEL.VFE.NAME '{vfe_name}' is not supported by the pcdet-free pretraining "
+                             f"engine; use MeanVFE (VoxelNeXt's VFE).")
+        backbone_name = model_cfg.BACKBONE_3D.get("NAME", "RMAECMAEBackbonePhase1")
+        if backbone_name != "RMAECMAEBackbonePhase1":
+            raise ValueError(f"MODEL.BACKBONE_3D.NAME must be RMAECMAEBackbonePhase1 for pretraining, "
+                             f"got '{backbone_name}'.")
+        if not model_cfg.BACKBONE_3D.get("PRETRAINING", False):
+            raise ValueError("MODEL.BACKBONE_3D.PRETRAINING is False: this config is a fine-tuning config. "
+                             "Pretrain with PRETRAINING: True, fine-tune in OpenPCDet (tools/train.py).")
+        self.vfe = MeanVFE(model_cfg.get("VFE"), num_point_features)
+        self.backbone_3d = RMAECMAEBackbonePhase1(
+            model_cfg.BACKBONE_3D, input_channels=num_point_features, grid_size=grid_size,
+            voxel_size=voxel_size, point_cloud_range=point_cloud_range)
+        self.loss_weights = loss_weights or self.backbone_3d.loss_weights
+        if self.loss_weights.teacher_student == 0:
+            self.backbone_3d.freeze_projectors()
+
+    @classmethod
+    def from_config(cls, cfg, dataset) -> "PretrainModel":
+        """Build from a full config (MODEL + LOSS_CONFIG anywhere) and a dataset's grid attributes."""
+        weights = resolve_loss_config(cfg)
+        return cls(cfg.MODEL, dataset.point_feature_encoder.num_point_features, dataset.grid_size,
+                   dataset.voxel_size, dataset.point_cloud_range,
+                   LossWeights(rmae=float(weights["RMAE_WEIGHT"]),
+                               teacher_student=float(weights["TEACHER_STUDENT_WEIGHT"])))
+
+    def update_global_step(self) -> None:
+        self.global_step += 1
+
+    def forward(self, batch_dict: dict):
+        """Training: ``(loss, tb_dict)``; eval: the batch_dict with the encoder outputs."""
+        batch_dict["global_step"] = int(self.global_step.item())
+        batch_dict = self.backbone_3d(self.vfe(batch_dict))
+        if not self.training:
+            return batch_dict
+        return self.backbone_3d.get_loss(self.loss_weights)
