@@ -1,0 +1,275 @@
+"""Config pre-flight check: finds, before any GPU time is spent, the config problems that make
+stock OpenPCDet crash late or silently ignore a setting (``openpcdet-contract.md`` section 11).
+
+Run as ``python tools/check_config.py CFG``; the launchers ``tools/train.py`` / ``tools/test.py``
+run it too. Each finding names the file, the key path and the fix. Severities: ``error`` (the run
+would crash), ``warning`` (a setting is silently ignored or means something else than it says),
+``note`` (informational; does not fail the check).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+import yaml
+
+from ..config import BASE_CONFIG_KEY, ConfigError, cfg_from_yaml_file, resolve_base_config
+
+SEVERITIES = ("error", "warning", "note")
+REGRESSION_EXCLUDED_HEADS = ("hm", "iou")
+CENTERHEAD_ONLY_KEYS = ("USE_IOU_TO_RECTIFY_SCORE", "IOU_RECTIFIER")
+NMS_SCALAR_KEYS = ("NMS_THRESH", "NMS_PRE_MAXSIZE", "NMS_POST_MAXSIZE")
+PLUGIN_OPTIM_KEYS = ("DIFFERENTIAL_LR", "BACKBONE_LR_RATIO", "DENSE_HEAD_LR_RATIO", "POINT_HEAD_LR_RATIO",
+                     "ROI_HEAD_LR_RATIO")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    file: str
+    key: str
+    message: str
+    fix: str
+
+    def format(self) -> str:
+        return f"{self.severity.upper():7s} {self.file}: {self.key}: {self.message}\n        fix: {self.fix}"
+
+
+class _DuplicateCollector(yaml.SafeLoader):
+    """SafeLoader that records duplicated mapping keys (PyYAML silently keeps the last one)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: List[tuple] = []
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self.duplicates.append((key, seen[key], line))
+            else:
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_raw(path: Path) -> tuple:
+    with open(path, encoding="utf-8") as stream:
+        loader = _DuplicateCollector(stream)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
+    return data, loader.duplicates
+
+
+def _config_files(cfg_file: Path) -> List[Path]:
+    """``cfg_file`` and every ``_BASE_CONFIG_`` it names (any level), resolved as the plugin does."""
+    files, pending = [], [cfg_file]
+    while pending:
+        path = pending.pop(0)
+        if path in files:
+            continue
+        files.append(path)
+        data, _ = _read_raw(path)
+        for base in _base_entries(data):
+            pending.append(resolve_base_config(base, path))
+    return files
+
+
+def _base_entries(node: Any) -> Iterable[str]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == BASE_CONFIG_KEY and isinstance(value, str):
+                yield value
+            else:
+                yield from _base_entries(value)
+
+
+class _Checker:
+    def __init__(self, cfg_file: Path):
+        self.cfg_file = cfg_file
+        self.findings: List[Finding] = []
+
+    def add(self, severity: str, file: Any, key: str, message: str, fix: str) -> None:
+        self.findings.append(Finding(severity, str(file), key, message, fix))
+
+    # ------------------------------------------------------------------ per file (raw YAML)
+    def check_file(self, path: Path, class_names: Optional[Sequence[str]]) -> None:
+        data, duplicates = _read_raw(path)
+        for key, first, line in duplicates:
+            self.add("warning", path, key, f"defined twice (lines {first} and {line}); PyYAML keeps only the "
+                     f"block at line {line}, the first is silently ignored",
+                     "merge the two blocks into one and delete the other")
+        names = class_names or data.get("CLASS_NAMES")
+        augmentor = data.get("DATA_AUGMENTOR") if isinstance(data.get("DATA_AUGMENTOR"), Mapping) else None
+        prefix = "DATA_AUGMENTOR"
+        if augmentor is None and isinstance(data.get("DATA_CONFIG"), Mapping):
+            augmentor = data["DATA_CONFIG"].get("DATA_AUGMENTOR")
+            prefix = "DATA_CONFIG.DATA_AUGMENTOR"
+        if isinstance(augmentor, Mapping) and names:
+            self._check_gt_sampling(path, f"{prefix}.AUG_CONFIG_LIST", augmentor.get("AUG_CONFIG_LIST") or [], names)
+        data_path = data.get("DATA_PATH")
+        if isinstance(data_path, str) and os.path.isabs(data_path) and not os.path.exists(data_path):
+            self.add("warning", path, "DATA_PATH", f"absolute path '{data_path}' does not exist on this machine",
+                     "point it at your dataset, or override it: --set DATA_CONFIG.DATA_PATH /path/to/data")
+
+    def _check_gt_sampling(self, path: Path, key: str, aug_list: Sequence, class_names: Sequence[str]) -> None:
+        for index, entry in enumerate(aug_list):
+            if not isinstance(entry, Mapping) or entry.get("NAME") != "gt_sampling":
+                continue
+            where = f"{key}[{index}]"
+            prepare = entry.get("PREPARE") or {}
+            lists = [(f"{where}.PREPARE.filter_by_min_points", prepare.get("filter_by_min_points") or []),
+                     (f"{where}.SAMPLE_GROUPS", entry.get("SAMPLE_GROUPS") or [])]
+            for list_key, items in lists:
+                unknown = [str(i).split(":")[0] for i in items if str(i).split(":")[0] not in class_names]
+                if unknown:
+                    self.add("warning", path, list_key, f"names {unknown} are not in CLASS_NAMES {list(class_names)}; "
+                             f"OpenPCDet's DataBaseSampler silently ignores them",
+                             f"remove {', '.join(repr(u + ':...') for u in unknown)} (or add the class to CLASS_NAMES)")
+            backup = entry.get("BACKUP_DB_INFO")
+            if backup and not isinstance(entry.get("DB_DATA_PATH"), list):
+                self.add("note", path, f"{where}.BACKUP_DB_INFO",
+                         "only used when the DB_INFO_PATH file is missing, and then it needs a DB_DATA_PATH list in "
+                         "the gt_sampling entry itself (absent here), so that fallback would fail",
+                         "create the gt database with create_custom_infos, or add DB_DATA_PATH: [<file>] "
+                         "to the gt_sampling entry")
+
+    # ------------------------------------------------------------------ merged config
+    def check_merged(self, cfg: Mapping) -> None:
+        model = cfg.get("MODEL") or {}
+        backbone = model.get("BACKBONE_3D") or {}
+        head = model.get("DENSE_HEAD")
+        pretraining = bool(backbone.get("PRETRAINING", False))
+        if backbone.get("NAME") == "RMAECMAEBackbonePhase1":
+            self._check_backbone_keys(backbone)
+        if pretraining and head:
+            self.add("error", self.cfg_file, "MODEL.DENSE_HEAD", "a dense head is configured while "
+                     "MODEL.BACKBONE_3D.PRETRAINING is True; the pretraining detector trains no head",
+                     "remove DENSE_HEAD for pretraining, or set PRETRAINING: False to fine-tune")
+        if model.get("NAME") == "RMAECMAEDetectorPhase1" and not pretraining and not head:
+            self.add("error", self.cfg_file, "MODEL.DENSE_HEAD", "fine-tuning (PRETRAINING: False) needs a dense head",
+                     "add a VoxelNeXtHead DENSE_HEAD section (see cfgs/custom_models/*finetune*.yaml)")
+        if isinstance(head, Mapping):
+            self._check_head(head, cfg.get("CLASS_NAMES") or [], backbone)
+        self._check_optimization(cfg.get("OPTIMIZATION") or {})
+
+    def _check_backbone_keys(self, backbone: Mapping) -> None:
+        try:
+            from ..models.backbone import check_backbone_keys
+        except ImportError:  # spconv missing: the unknown-key check runs when the model is built
+            return
+        try:
+            check_backbone_keys(backbone)
+        except ValueError as err:
+            self.add("error", self.cfg_file, "MODEL.BACKBONE_3D", str(err), "correct or remove the key")
+
+    def _check_head(self, head: Mapping, class_names: Sequence[str], backbone: Mapping) -> None:
+        key = "MODEL.DENSE_HEAD"
+        if "CLASS_AGNOSTIC" not in head:
+            self.add("error", self.cfg_file, f"{key}.CLASS_AGNOSTIC", "missing; OpenPCDet reads it with attribute "
+                     "access (AttributeError when building the model)", "add CLASS_AGNOSTIC: False")
+        if head.get("NAME") != "VoxelNeXtHead":
+            return
+        groups = head.get("CLASS_NAMES_EACH_HEAD") or []
+        covered = sorted(n for g in groups for n in g if n in class_names)
+        if covered != sorted(class_names):
+            self.add("error", self.cfg_file, f"{key}.CLASS_NAMES_EACH_HEAD", f"groups {groups} must cover "
+                     f"CLASS_NAMES {list(class_names)} exactly once (VoxelNeXtHead asserts it)",
+                     "list every class of CLASS_NAMES in exactly one group")
+        shared = head.get("SHARED_CONV_CHANNEL", 128)
+        out = backbone.get("OUT_CHANNEL", 128)
+        if shared != out:
+            self.add("error", self.cfg_file, f"{key}.SHARED_CONV_CHANNEL", f"{shared} but the backbone's "
+                     f"OUT_CHANNEL is {out}; VoxelNeXtHead's convs take SHARED_CONV_CHANNEL inputs",
+                     f"set SHARED_CONV_CHANNEL: {out}")
+        self._check_code_weights(head, key)
+        self._check_post_processing(head, key)
+
+    def _check_code_weights(self, head: Mapping, key: str) -> None:
+        sep = head.get("SEPARATE_HEAD_CFG") or {}
+        order, heads = sep.get("HEAD_ORDER") or [], sep.get("HEAD_DICT") or {}
+        try:
+            channels = sum(int(heads[h]["out_channels"]) for h in order if h not in REGRESSION_EXCLUDED_HEADS)
+        except (KeyError, TypeError, ValueError):
+            self.add("error", self.cfg_file, f"{key}.SEPARATE_HEAD_CFG", "every HEAD_ORDER entry needs a HEAD_DICT "
+                     "entry with out_channels", "add the missing HEAD_DICT entries")
+            return
+        weights = ((head.get("LOSS_CONFIG") or {}).get("LOSS_WEIGHTS") or {}).get("code_weights")
+        if weights is not None and len(weights) != channels:
+            parts = " + ".join(f"{h}({heads[h]['out_channels']})" for h in order if h not in REGRESSION_EXCLUDED_HEADS)
+            self.add("error", self.cfg_file, f"{key}.LOSS_CONFIG.LOSS_WEIGHTS.code_weights",
+                     f"has {len(weights)} entries but HEAD_ORDER gives {parts} = {channels} regression channels; "
+                     f"VoxelNeXtHead.get_loss raises 'The size of tensor a ({channels}) must match the size of "
+                     f"tensor b ({len(weights)})' on the first training step",
+                     f"give {channels} weights, e.g. code_weights: {[1.0] * channels}")
+
+    def _check_post_processing(self, head: Mapping, key: str) -> None:
+        post = head.get("POST_PROCESSING") or {}
+        for name in CENTERHEAD_ONLY_KEYS:
+            if name in post:
+                self.add("warning", self.cfg_file, f"{key}.POST_PROCESSING.{name}", "a CenterHead key; "
+                         "VoxelNeXtHead never reads it (its IoU rectification needs IOU_BRANCH: True, RECTIFIER "
+                         "and an 'iou' head)", f"remove {name}")
+        nms = post.get("NMS_CONFIG") or {}
+        if head.get("IOU_BRANCH", False):
+            return
+        for name in NMS_SCALAR_KEYS:
+            value = nms.get(name)
+            if isinstance(value, (list, tuple)):
+                self.add("error", self.cfg_file, f"{key}.POST_PROCESSING.NMS_CONFIG.{name}",
+                         f"is a per-class list {list(value)}, but without IOU_BRANCH VoxelNeXtHead runs "
+                         f"class-agnostic NMS, which needs a scalar (TypeError as soon as a box passes "
+                         f"SCORE_THRESH, i.e. at evaluation)", f"use one number, e.g. {name}: {value[0]}")
+
+    def _check_optimization(self, optim: Mapping) -> None:
+        used = [k for k in PLUGIN_OPTIM_KEYS if k in optim]
+        if used:
+            self.add("note", self.cfg_file, "OPTIMIZATION." + "/".join(used), "read by pcdet_rmae_ts only; stock "
+                     "OpenPCDet's train.py ignores them", "train with this repository's tools/train.py or "
+                     "scripts/dist_train.sh (they install the differential-LR hook)")
+        if optim.get("LR_WARMUP") and optim.get("OPTIMIZER") in ("adam", "sgd"):
+            self.add("error", self.cfg_file, "OPTIMIZATION.LR_WARMUP", "with adam/sgd, stock build_scheduler "
+                     "calls len() on an int (TypeError at startup)", "set LR_WARMUP: False or use adam_onecycle")
+
+
+def check_config(cfg_file: str | os.PathLike) -> List[Finding]:
+    """All findings for ``cfg_file`` (a model config with ``_BASE_CONFIG_`` or a dataset config)."""
+    cfg_file = Path(cfg_file)
+    checker = _Checker(cfg_file)
+    try:
+        files = _config_files(cfg_file)
+        cfg = cfg_from_yaml_file(cfg_file)
+    except ConfigError as err:
+        checker.add("error", err.file or cfg_file, err.key or "-", str(err), err.fix or "correct the file")
+        return checker.findings
+    for path in files:
+        for base in _base_entries(_read_raw(path)[0]):
+            if not os.path.isabs(base) and not (Path.cwd() / base).is_file():
+                checker.add("note", path, BASE_CONFIG_KEY, f"'{base}' is not found relative to the current "
+                            f"directory, which is the only place stock OpenPCDet looks; the plugin found "
+                            f"{resolve_base_config(base, path)}", "run from the repository root, or use this "
+                            "repository's tools/train.py (same lookup as the plugin)")
+    class_names = cfg.get("CLASS_NAMES")
+    for path in files:
+        checker.check_file(path, class_names)
+    checker.check_merged(cfg)
+    return checker.findings
+
+
+def format_findings(cfg_file: str | os.PathLike, findings: Sequence[Finding]) -> str:
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    head = (f"pre-flight check of {cfg_file}: {counts['error']} error(s), {counts['warning']} warning(s), "
+            f"{counts['note']} note(s)")
+    return "\n".join([head] + [f.format() for f in findings])
+
+
+def failed(findings: Sequence[Finding], strict: bool = False) -> bool:
+    bad = ("error", "warning") if strict else ("error",)
+    return any(f.severity in bad for f in findings)

@@ -1,0 +1,110 @@
+"""Config pre-flight check: the seed configs' known problems are found (file, key, fix); ours pass."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcdet_rmae_ts.integration.preflight import check_config, failed, format_findings
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = REPO.parent / "shared" / "seed-configs"
+FINETUNE = "rmae_cmae_isarc_4class_finetune_phase1.yaml"
+PRETRAIN = "rmae_cmae_isarc_4class_pretraining_phase1.yaml"
+DATASET = "custom_dataset_isarc.yaml"
+
+
+@pytest.fixture()
+def seed_tree(tmp_path, monkeypatch):
+    """The user's original files laid out as in their OpenPCDet tools/ folder, as the cwd."""
+    if not SEEDS.is_dir():
+        pytest.skip(f"seed configs not found at {SEEDS}")
+    (tmp_path / "cfgs" / "custom_models").mkdir(parents=True)
+    (tmp_path / "cfgs" / "dataset_configs").mkdir(parents=True)
+    for name in (FINETUNE, PRETRAIN):
+        shutil.copy(SEEDS / name, tmp_path / "cfgs" / "custom_models" / name)
+    shutil.copy(SEEDS / DATASET, tmp_path / "cfgs" / "dataset_configs" / DATASET)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _by_key(findings):
+    return {f.key: f for f in findings}
+
+
+def test_seed_finetune_config_findings(seed_tree):
+    findings = check_config(f"cfgs/custom_models/{FINETUNE}")
+    keys = _by_key(findings)
+    code = keys["MODEL.DENSE_HEAD.LOSS_CONFIG.LOSS_WEIGHTS.code_weights"]
+    assert code.severity == "error" and "7 entries" in code.message and "= 8" in code.message
+    assert "[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]" in code.fix and code.file.endswith(FINETUNE)
+    for name, first in (("NMS_THRESH", "0.2"), ("NMS_PRE_MAXSIZE", "4096"), ("NMS_POST_MAXSIZE", "500")):
+        nms = keys[f"MODEL.DENSE_HEAD.POST_PROCESSING.NMS_CONFIG.{name}"]
+        assert nms.severity == "error" and "class-agnostic" in nms.message and f"{name}: {first}" in nms.fix
+    for name in ("USE_IOU_TO_RECTIFY_SCORE", "IOU_RECTIFIER"):
+        ignored = keys[f"MODEL.DENSE_HEAD.POST_PROCESSING.{name}"]
+        assert ignored.severity == "warning" and "CenterHead" in ignored.message and f"remove {name}" == ignored.fix
+    dup = keys["EXPERIMENT"]
+    assert dup.severity == "warning" and "defined twice" in dup.message
+    dozer = [f for f in findings if "dozer" in f.message]
+    assert {f.key for f in dozer} == {"DATA_AUGMENTOR.AUG_CONFIG_LIST[0].PREPARE.filter_by_min_points",
+                                      "DATA_AUGMENTOR.AUG_CONFIG_LIST[0].SAMPLE_GROUPS"}
+    assert all(f.file.endswith(DATASET) and f.severity == "warning" and "remove 'dozer" in f.fix for f in dozer)
+    assert keys["DATA_PATH"].file.endswith(DATASET) and "--set DATA_CONFIG.DATA_PATH" in keys["DATA_PATH"].fix
+    assert failed(findings)
+    text = format_findings(FINETUNE, findings)
+    assert "4 error(s)" in text and "fix:" in text
+
+
+def test_seed_pretraining_config_has_no_errors_but_reports_the_dataset_file(seed_tree):
+    findings = check_config(f"cfgs/custom_models/{PRETRAIN}")
+    assert not failed(findings)
+    assert failed(findings, strict=True)
+    assert any("dozer" in f.message and f.file.endswith(DATASET) for f in findings)
+
+
+def test_seed_dataset_config_alone(seed_tree):
+    findings = check_config(f"cfgs/dataset_configs/{DATASET}")
+    assert sum("dozer" in f.message for f in findings) == 2
+
+
+@pytest.mark.parametrize("cfg", [f"cfgs/custom_models/{FINETUNE}", f"cfgs/custom_models/{PRETRAIN}",
+                                 f"cfgs/dataset_configs/{DATASET}", "cfgs/demo/rmae_cmae_demo_pretraining.yaml"])
+def test_shipped_configs_pass_clean(cfg, monkeypatch):
+    monkeypatch.chdir(REPO)
+    findings = check_config(cfg)
+    assert not failed(findings, strict=True), format_findings(cfg, findings)
+
+
+def test_check_config_cli_exit_status(seed_tree):
+    tool = REPO / "tools" / "check_config.py"
+    bad = subprocess.run([sys.executable, str(tool), f"cfgs/custom_models/{FINETUNE}"], capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 1
+    assert "ERROR" in bad.stdout and "code_weights" in bad.stdout
+    good = subprocess.run([sys.executable, str(tool), str(REPO / "cfgs" / "custom_models" / FINETUNE)],
+                          capture_output=True, text=True, check=False, cwd=REPO)
+    assert good.returncode == 0, good.stdout
+
+
+def test_missing_base_config_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.yaml").write_text("DATA_CONFIG:\n  _BASE_CONFIG_: nowhere/base.yaml\n")
+    findings = check_config("x.yaml")
+    assert failed(findings) and "nowhere/base.yaml" in findings[0].message
+
+
+def test_head_and_backbone_consistency(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.yaml").write_text(
+        "CLASS_NAMES: [a, b]\nMODEL:\n  NAME: RMAECMAEDetectorPhase1\n"
+        "  BACKBONE_3D: {NAME: RMAECMAEBackbonePhase1, PRETRAINING: False, OUT_CHANNEL: 64, MASKED_RATO: 0.1}\n"
+        "  DENSE_HEAD: {NAME: VoxelNeXtHead, CLASS_NAMES_EACH_HEAD: [[a]]}\n")
+    keys = _by_key(check_config("x.yaml"))
+    assert "MASKED_RATIO" in keys["MODEL.BACKBONE_3D"].message
+    assert keys["MODEL.DENSE_HEAD.CLASS_AGNOSTIC"].severity == "error"
+    assert "must cover" in keys["MODEL.DENSE_HEAD.CLASS_NAMES_EACH_HEAD"].message
+    assert keys["MODEL.DENSE_HEAD.SHARED_CONV_CHANNEL"].fix == "set SHARED_CONV_CHANNEL: 64"
