@@ -33,6 +33,7 @@ class LoopConfig:
     ckpt_save_time_interval: float = 300.0
     log_interval: int = 1
     amp: bool = False
+    vis_interval: int = 0   # OPTIMIZATION.VIS_INTERVAL: BEV masking image to tensorboard every N epochs; 0 = off
 
 
 class SkipFirst(torch.utils.data.Sampler):
@@ -70,6 +71,7 @@ class Trainer:
             state.epoch += 1
             state.skip_batches = 0
             bar.update(1)
+            self._log_mask_image(state)
             self._epoch_checkpoint(state)
         bar.close()
         return state
@@ -150,6 +152,16 @@ class Trainer:
             self.tb.add_scalar(f"meta_data/learning_rate/{name}", lr, state.it)
         self.tb.add_scalar("meta_data/frames_per_second", batch_size / max(step_time, 1e-9), state.it)
         self.tb.add_scalar("meta_data/data_time", data_time, state.it)
+
+    def _log_mask_image(self, state: TrainState) -> None:
+        """Every ``vis_interval`` epochs: the BEV masking picture of the epoch's last batch (sample 0)."""
+        if self.tb is None or self.loop.vis_interval <= 0 or state.epoch % self.loop.vis_interval != 0:
+            return
+        from ..viz import backbone_mask_figure, figure_to_array
+
+        fig = backbone_mask_figure(unwrap(self.model).backbone_3d, 0, f"epoch {state.epoch}")
+        if fig is not None:
+            self.tb.add_image("masking/bev", figure_to_array(fig), state.it, dataformats="HWC")
 
     def _save(self, path: Path, state: TrainState) -> None:
         if self.rank != 0:

@@ -1,0 +1,449 @@
+"""Pictures of pretraining: bird's-eye views of the radial mask and of the occupancy
+reconstruction, and training curves read from tensorboard event files.
+
+Pure functions over arrays/tensors that return matplotlib ``Figure`` objects (Agg canvas,
+no pyplot state, so they run headless and inside the training loop) or write PNG files.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Patch, Wedge
+
+logger = logging.getLogger(__name__)
+
+KEPT_COLOR = "#1f77b4"      # voxels the student sees
+MASKED_COLOR = "#ff7f0e"    # voxels hidden from the student
+SECTOR_FILL = "#ff7f0e"     # selected (stage-1) sectors
+TP_COLOR, FP_COLOR, FN_COLOR = "#2ca02c", "#d62728", "#9467bd"
+MASKED_REGION_COLOR = "#d9d9d9"
+OUT_OF_RANGE_COLOR = "#8c8c8c"
+EVENT_GLOB = "events.out.tfevents.*"
+
+
+def _rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+
+
+def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
+    """A Figure on its own Agg canvas (never registered with pyplot)."""
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 RGB rendering of ``fig`` (for tensorboard's ``add_image``)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _numpy(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+# ---------------------------------------------------------------------- masking BEV
+@dataclass
+class SampleMask:
+    """The mask of one sample in numpy: voxel coords (N, 3) [z, y, x], keep (N,) bool,
+    sector rotation (degrees), selected sectors (G,) bool and sector width (degrees)."""
+
+    coords: np.ndarray
+    keep: np.ndarray
+    sector_offset: float
+    sector_selected: np.ndarray
+    sector_width: float
+
+
+def sample_mask(coords, mask, sample: int = 0) -> SampleMask:
+    """Extract sample ``sample`` from batch coords (N, 4) [b, z, y, x] and a ``MaskResult``."""
+    coords, keep = _numpy(coords), _numpy(mask.keep).astype(bool)
+    rows = coords[:, 0] == sample
+    if not rows.any():
+        raise ValueError(f"Sample {sample} has no voxels in this batch (samples: {np.unique(coords[:, 0])}).")
+    return SampleMask(coords[rows, 1:].astype(np.int64), keep[rows], float(_numpy(mask.sector_offset)[sample]),
+                      _numpy(mask.sector_selected)[sample].astype(bool), float(mask.sector_width))
+
+
+def voxel_ranges(coords_zyx: np.ndarray, voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float]) -> np.ndarray:
+    """(N,) horizontal range in metres of voxel centres (same geometry as masking)."""
+    x = (coords_zyx[:, 2] + 0.5) * voxel_size[0] + point_cloud_range[0]
+    y = (coords_zyx[:, 1] + 0.5) * voxel_size[1] + point_cloud_range[1]
+    return np.hypot(x, y)
+
+
+def achieved_ratios(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+                    near: float, far: float) -> Dict[str, float]:
+    """Masked fraction overall and per range band (NaN for an empty band)."""
+    dist = voxel_ranges(sm.coords, voxel_size, point_cloud_range)
+    band = (dist > near).astype(int) + (dist > far).astype(int)
+    masked = ~sm.keep
+    out = {"all": float(masked.mean())}
+    for i, name in enumerate(("near", "mid", "far")):
+        sel = band == i
+        out[name] = float(masked[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def bev_labels(coords_zyx: np.ndarray, keep: np.ndarray, grid_xy: Tuple[int, int],
+               max_pixels: int = 800) -> np.ndarray:
+    """(H, W) int8 BEV raster, 0 empty / 1 masked / 2 kept (a column with any kept voxel is kept),
+    block-max pooled so that no side exceeds ``max_pixels``."""
+    nx, ny = int(grid_xy[0]), int(grid_xy[1])
+    factor = max(1, -(-max(nx, ny) // max_pixels))
+    h, w = -(-ny // factor), -(-nx // factor)
+    raster = np.zeros((h, w), dtype=np.int8)
+    codes = np.where(keep, 2, 1).astype(np.int8)
+    np.maximum.at(raster, (coords_zyx[:, 1] // factor, coords_zyx[:, 2] // factor), codes)
+    return raster
+
+
+def _draw_sectors(ax, sm: SampleMask, radius: float) -> None:
+    count = sm.sector_selected.shape[0]
+    for k in range(count):
+        start = sm.sector_offset + k * sm.sector_width
+        if sm.sector_selected[k]:
+            ax.add_patch(Wedge((0.0, 0.0), radius, start, start + sm.sector_width, facecolor=SECTOR_FILL,
+                               alpha=0.12, edgecolor="none", zorder=0))
+        rad = np.deg2rad(start)
+        ax.plot([0.0, radius * np.cos(rad)], [0.0, radius * np.sin(rad)], color="0.55", lw=0.4, zorder=1)
+
+
+def _draw_bands(ax, near: float, far: float) -> None:
+    for r in (near, far):
+        ax.add_patch(Circle((0.0, 0.0), r, fill=False, ls="--", lw=1.0, edgecolor="k", zorder=3))
+        ax.annotate(f"{r:g} m", (r * np.cos(np.pi / 4), r * np.sin(np.pi / 4)), fontsize=8, zorder=4)
+
+
+def masking_bev_figure(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+                       near: float, far: float, title: str = "", max_pixels: int = 800) -> Figure:
+    """BEV of one sample: kept vs masked voxels, sector boundaries (selected sectors shaded)
+    and the near/far range circles; the achieved masked ratios are in the title."""
+    pcr = [float(v) for v in point_cloud_range]
+    grid = (round((pcr[3] - pcr[0]) / voxel_size[0]), round((pcr[4] - pcr[1]) / voxel_size[1]))
+    labels = bev_labels(sm.coords, sm.keep, grid, max_pixels)
+    image = np.zeros(labels.shape + (4,), dtype=np.uint8)  # empty cells transparent: sectors show through
+    image[labels == 1] = np.append(_rgb(MASKED_COLOR), 255)
+    image[labels == 2] = np.append(_rgb(KEPT_COLOR), 255)
+    fig = new_figure(8, 8.4)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(image, origin="lower", extent=(pcr[0], pcr[3], pcr[1], pcr[4]), interpolation="nearest", zorder=2)
+    radius = float(np.hypot(max(abs(pcr[0]), abs(pcr[3])), max(abs(pcr[1]), abs(pcr[4]))))
+    _draw_sectors(ax, sm, radius)
+    _draw_bands(ax, near, far)
+    ax.set_xlim(pcr[0], pcr[3])
+    ax.set_ylim(pcr[1], pcr[4])
+    ax.set_aspect("equal")
+    ax.set_xlabel("x [m]")
+    ax.set_ylabel("y [m]")
+    ratios = achieved_ratios(sm, voxel_size, pcr, near, far)
+    kept, total = int(sm.keep.sum()), int(sm.keep.size)
+    handles = [Patch(color=KEPT_COLOR, label=f"kept ({kept})"),
+               Patch(color=MASKED_COLOR, label=f"masked ({total - kept})"),
+               Patch(facecolor=SECTOR_FILL, alpha=0.25, label="selected sector"),
+               Line2D([], [], color="k", ls="--", label="range bands")]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
+    head = f"{title} · " if title else ""
+    ax.set_title(f"{head}masked {ratios['all']:.1%} of {total} voxels · "
+                 f"{int(sm.sector_selected.sum())}/{sm.sector_selected.size} sectors\n"
+                 f"near {ratios['near']:.1%} · mid {ratios['mid']:.1%} · far {ratios['far']:.1%}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def backbone_mask_figure(backbone, sample: int = 0, title: str = "") -> Optional[Figure]:
+    """The BEV masking figure of the backbone's last training forward (None before the first one,
+    or when ``sample`` had no voxels)."""
+    ret = getattr(backbone, "forward_ret_dict", {}) or {}
+    if "mask" not in ret or "coords" not in ret:
+        return None
+    if not bool((ret["coords"][:, 0] == sample).any()):
+        return None
+    cfg = backbone.masker.config
+    sm = sample_mask(ret["coords"], ret["mask"], sample)
+    return masking_bev_figure(sm, backbone.voxel_size, backbone.point_cloud_range, cfg.near, cfg.far, title)
+
+
+# ---------------------------------------------------------------------- occupancy
+def coarse_cell_centres(shape_yx: Tuple[int, int], stride: int, voxel_size: Sequence[float],
+                        point_cloud_range: Sequence[float]) -> np.ndarray:
+    """(Y'*X', 2) metric x, y of the coarse BEV cell centres, row-major over (y, x)."""
+    ny, nx = shape_yx
+    xs = (np.arange(nx) + 0.5) * stride * voxel_size[0] + point_cloud_range[0]
+    ys = (np.arange(ny) + 0.5) * stride * voxel_size[1] + point_cloud_range[1]
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
+
+
+def masked_cells(mask, sample: int, shape_yx: Tuple[int, int], stride: int, voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float]) -> np.ndarray:
+    """(Y', X') bool: coarse cells whose centre lies in one of the sample's selected sectors."""
+    xy = torch.from_numpy(coarse_cell_centres(shape_yx, stride, voxel_size, point_cloud_range))
+    xy = xy.to(mask.sector_offset.device)
+    batch = torch.full((xy.shape[0],), int(sample), dtype=torch.long, device=xy.device)
+    return _numpy(mask.in_masked_sector(xy, batch)).reshape(shape_yx)
+
+
+def confusion_bev(logits, target) -> Dict[str, np.ndarray]:
+    """BEV (max over z) of (Z', Y', X') logits vs {0, 1} target: tp / fp / fn (Y', X') bool and prob."""
+    logits, target = _numpy(logits), _numpy(target)
+    pred = (logits > 0).any(0)
+    truth = (target > 0.5).any(0)
+    prob = 1.0 / (1.0 + np.exp(-logits.max(0)))
+    return {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth, "prob": prob, "truth": truth}
+
+
+def _precision_recall(conf: Dict[str, np.ndarray], region: np.ndarray) -> Tuple[float, float]:
+    tp, fp, fn = (int((conf[k] & region).sum()) for k in ("tp", "fp", "fn"))
+    return tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+
+
+def occupancy_figure(logits, target, masked: np.ndarray, extent: Sequence[float],
+                     valid: Optional[np.ndarray] = None, title: str = "") -> Figure:
+    """Occupancy prediction vs target of one sample at the decoder stride.
+
+    logits, target: (Z', Y', X'); masked: (Y', X') bool cells in masked sectors (shaded grey);
+    valid: (Y', X') bool cells inside the point-cloud range; extent: (x0, x1, y0, y1) metres.
+    Left: TP / FP / FN of the BEV (max over z); right: predicted probability (max over z).
+    """
+    conf = confusion_bev(logits, target)
+    valid = np.ones_like(masked, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    image = np.full(masked.shape + (3,), 255, dtype=np.uint8)
+    image[masked] = _rgb(MASKED_REGION_COLOR)
+    image[~valid] = _rgb(OUT_OF_RANGE_COLOR)
+    for key, color in (("tp", TP_COLOR), ("fp", FP_COLOR), ("fn", FN_COLOR)):
+        image[conf[key] & valid] = _rgb(color)
+    fig = new_figure(14, 7.4)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    left.imshow(image, origin="lower", extent=tuple(extent), interpolation="nearest")
+    counts = {k: int((conf[k] & valid).sum()) for k in ("tp", "fp", "fn")}
+    left.legend(handles=[Patch(color=TP_COLOR, label=f"true positive ({counts['tp']})"),
+                         Patch(color=FP_COLOR, label=f"false positive ({counts['fp']})"),
+                         Patch(color=FN_COLOR, label=f"false negative ({counts['fn']})"),
+                         Patch(facecolor=MASKED_REGION_COLOR, edgecolor="k", label="masked sectors")],
+                loc="upper right", fontsize=8, framealpha=0.9)
+    for ax in (left, right):  # masked sectors outlined on top (the grey shading hides under FP cells)
+        if masked.any() and not masked.all():
+            ax.contour(masked.astype(float), levels=[0.5], colors="k", linewidths=0.9, extent=tuple(extent),
+                       origin="lower")
+    p_all, r_all = _precision_recall(conf, valid)
+    p_m, r_m = _precision_recall(conf, valid & masked)
+    left.set_title(f"prediction vs target (BEV, max over z)\nall: P {p_all:.2f} R {r_all:.2f} · "
+                   f"masked sectors: P {p_m:.2f} R {r_m:.2f}", fontsize=10)
+    shown = right.imshow(conf["prob"], origin="lower", extent=tuple(extent), interpolation="nearest",
+                         cmap="viridis", vmin=0.0, vmax=1.0)
+    right.contour(conf["truth"].astype(float), levels=[0.5], colors="w", linewidths=0.5,
+                  extent=tuple(extent), origin="lower")
+    right.set_title("predicted occupancy probability (white: target, black: masked sectors)", fontsize=10)
+    fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+    for ax in (left, right):
+        ax.set_xlabel("x [m]")
+        ax.set_ylabel("y [m]")
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------- tensorboard scalars
+@dataclass
+class Series:
+    """One scalar tag: steps (S,) int64 and values (S,) float64, sorted by step."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def iter_tfrecords(path: Path) -> Iterator[bytes]:
+    """Payloads of a TFRecord file (u64 length, u32 crc, data, u32 crc); a truncated tail
+    (a run still writing) ends the iteration. CRCs are not checked."""
+    with open(path, "rb") as handle:
+        while True:
+            header = handle.read(12)
+            if len(header) < 12:
+                return
+            (length,) = struct.unpack("<Q", header[:8])
+            data = handle.read(length)
+            if len(data) < length or len(handle.read(4)) < 4:
+                return
+            yield data
+
+
+def _event_scalars(path: Path) -> Iterator[Tuple[str, int, float]]:
+    from tensorboardX.proto import event_pb2
+
+    for record in iter_tfrecords(path):
+        event = event_pb2.Event()
+        event.ParseFromString(record)
+        if not event.HasField("summary"):
+            continue
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                yield value.tag, int(event.step), float(value.simple_value)
+            elif value.HasField("tensor") and len(value.tensor.float_val) == 1:
+                yield value.tag, int(event.step), float(value.tensor.float_val[0])
+
+
+def event_files(logdir: Path) -> List[Path]:
+    """Event files under ``logdir`` (recursively), oldest first (their names start with a timestamp)."""
+    logdir = Path(logdir)
+    if logdir.is_file():
+        return [logdir]
+    if not logdir.is_dir():
+        raise FileNotFoundError(f"--logdir {logdir} does not exist; pass the run's tensorboard folder "
+                                f"(output/<cfg group>/<cfg name>/<extra_tag>/tensorboard).")
+    def stamp(path: Path) -> Tuple[int, str]:
+        parts = path.name.split(".")
+        return (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0, str(path))
+
+    return sorted(logdir.rglob(EVENT_GLOB), key=stamp)
+
+
+def _to_series(points: Dict[str, Dict[int, float]]) -> Dict[str, Series]:
+    out = {}
+    for tag, by_step in points.items():
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        out[tag] = Series(steps, np.array([by_step[s] for s in steps], dtype=np.float64))
+    return out
+
+
+def _read_with_tensorboard(files: Sequence[Path]) -> Optional[Dict[str, Series]]:
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return None
+    points: Dict[str, Dict[int, float]] = {}
+    for path in files:
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+    return _to_series(points)
+
+
+def read_scalars(logdir: Path) -> Dict[str, Series]:
+    """Every scalar tag of the event files under ``logdir``. Uses tensorboard's EventAccumulator
+    when installed, else a small TFRecord reader; a step logged twice (resumed run) keeps the
+    value written last."""
+    files = event_files(logdir)
+    if not files:
+        raise FileNotFoundError(f"No {EVENT_GLOB} files under {logdir}.")
+    series = _read_with_tensorboard(files)
+    if series is not None:
+        return series
+    points: Dict[str, Dict[int, float]] = {}
+    for path in files:
+        for tag, step, value in _event_scalars(path):
+            points.setdefault(tag, {})[step] = value
+    return _to_series(points)
+
+
+def smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
+    """Tensorboard-style debiased exponential moving average."""
+    out, acc = np.empty_like(values, dtype=np.float64), 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
+
+
+LOSS_TAG = re.compile(r"^train/loss($|_)")
+MASK_TAG = re.compile(r"^train/mask_ratio($|_)")
+OCC_TAG = re.compile(r"^train/occ(_masked)?_(precision|recall)$")
+LR_PREFIX = "meta_data/learning_rate/"
+SIMILARITY_TAG = "train/ts_cosine_similarity"
+
+
+def curve_panels(scalars: Dict[str, Series]) -> List[Tuple[str, List[str]]]:
+    """(panel title, tags) in display order: one panel per loss term, then learning rate per
+    group (the single base LR if no groups), masked ratios and occupancy precision/recall."""
+    tags = sorted(scalars)
+    panels = [(tag[len("train/"):], [tag]) for tag in tags if LOSS_TAG.match(tag)]
+    lr = [t for t in tags if t.startswith(LR_PREFIX)] or [t for t in tags if t == "meta_data/learning_rate"]
+    for title, group in (("learning rate", lr), ("masked ratio", [t for t in tags if MASK_TAG.match(t)]),
+                         ("occupancy precision / recall", [t for t in tags if OCC_TAG.match(t)])):
+        if group:
+            panels.append((title, group))
+    return panels
+
+
+def _plot_series(ax, scalars: Dict[str, Series], tags: Sequence[str], strip: str = "") -> None:
+    for tag in tags:
+        s = scalars[tag]
+        label = tag[len(strip):] if strip and tag.startswith(strip) else tag.split("/")[-1]
+        line, = ax.plot(s.steps, smooth(s.values) if s.values.size > 2 else s.values, lw=1.4, label=label)
+        if s.values.size > 2:
+            ax.plot(s.steps, s.values, color=line.get_color(), alpha=0.25, lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+
+
+def training_curves_figure(scalars: Dict[str, Series], title: str = "") -> Figure:
+    """Grid of panels from :func:`curve_panels` (raw values faded, smoothed on top)."""
+    panels = curve_panels(scalars)
+    if not panels:
+        raise ValueError(f"No loss, learning-rate or mask-ratio tags among {sorted(scalars)[:20]}; is this a "
+                         f"pretraining run's tensorboard folder?")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = new_figure(5.0 * cols, 3.4 * rows + 0.4)
+    for i, (name, tags) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _plot_series(ax, scalars, tags, strip=LR_PREFIX if name == "learning rate" else "train/")
+        ax.set_title(name, fontsize=10)
+        if len(tags) > 1 or name == "learning rate":
+            ax.legend(fontsize=7)
+        if name == "learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_figure(scalars: Dict[str, Series], title: str = "") -> Optional[Figure]:
+    """Student-vs-teacher cosine similarity over training (with the EMA momentum if logged);
+    None when the run logged no similarity (no teacher)."""
+    if SIMILARITY_TAG not in scalars:
+        return None
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    s = scalars[SIMILARITY_TAG]
+    ax.plot(s.steps, s.values, "o-", ms=3, lw=1.2, color="#1f77b4", label="cosine similarity")
+    ax.set_ylabel("student vs teacher cosine similarity")
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+    if "train/teacher_momentum" in scalars:
+        m = scalars["train/teacher_momentum"]
+        twin = ax.twinx()
+        twin.plot(m.steps, m.values, color="0.5", lw=1.0, ls="--", label="EMA momentum")
+        twin.set_ylabel("teacher EMA momentum", color="0.4")
+    ax.set_title(title or "student vs teacher feature similarity (BEV features, shared sites)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["SampleMask", "Series", "sample_mask", "achieved_ratios", "bev_labels", "masking_bev_figure",
+           "backbone_mask_figure", "masked_cells", "confusion_bev", "occupancy_figure", "read_scalars",
+           "iter_tfrecords", "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
+           "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR"]
