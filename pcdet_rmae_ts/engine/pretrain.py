@@ -170,7 +170,8 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     loop = LoopConfig(total_epochs=epochs, grad_norm_clip=float(optim_cfg.get("GRAD_NORM_CLIP", 10.0)),
                       ckpt_dir=dirs["ckpt"], ckpt_save_interval=args.ckpt_save_interval,
                       max_ckpt_save_num=args.max_ckpt_save_num,
-                      ckpt_save_time_interval=args.ckpt_save_time_interval, amp=amp)
+                      ckpt_save_time_interval=args.ckpt_save_time_interval, amp=amp,
+                      vis_interval=int(optim_cfg.get("VIS_INTERVAL", 0)))
     trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, rank, scaler)
     logger.info("**********************Start training %s/%s(%s)**********************",
                 cfg.EXP_GROUP_PATH, cfg.TAG, args.extra_tag)
