@@ -1,0 +1,367 @@
+"""The thin OpenPCDet integration: registries, the differential-LR hook for the stock
+``tools/train.py``, and the launcher that runs OpenPCDet's own train.py / test.py.
+
+Nothing here imports pcdet at module import time; each function imports what it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import runpy
+import sys
+import types
+import weakref
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+
+from ..config import BASE_CONFIG_KEY, resolve_base_config
+
+MIN_PCDET_VERSION = (0, 6, 0)
+HOOK_MARK = "__rmae_differential_lr__"
+PCDET_LOGGER = "pcdet.utils.common_utils"  # the logger OpenPCDet's create_logger configures
+GROUP_LR_LOG_INTERVAL = 50
+
+
+class PcdetNotAvailable(ImportError):
+    """OpenPCDet is missing, broken or too old; the message says what to do."""
+
+
+class LauncherError(RuntimeError):
+    """The launcher cannot start OpenPCDet's tool; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- registration
+def _parse_version(text: str) -> Tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", str(text))
+    return tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
+
+
+def _import_registries() -> Tuple[types.ModuleType, types.ModuleType]:
+    try:
+        import pcdet
+    except ImportError as err:
+        raise PcdetNotAvailable(
+            "OpenPCDet (the 'pcdet' package) is not importable. Build and install it from source "
+            "(https://github.com/open-mmlab/OpenPCDet, docs/INSTALL.md: `python setup.py develop`) in this "
+            f"Python environment ({sys.executable}), then call register() again.") from err
+    version = getattr(pcdet, "__version__", "0.0.0")
+    if _parse_version(version) < MIN_PCDET_VERSION:
+        raise PcdetNotAvailable(f"OpenPCDet {version} is too old: pcdet_rmae_ts needs >= "
+                                f"{'.'.join(map(str, MIN_PCDET_VERSION))} (VoxelNeXt). Update your checkout.")
+    try:
+        b3d = importlib.import_module("pcdet.models.backbones_3d")
+        detectors = importlib.import_module("pcdet.models.detectors")
+    except Exception as err:  # noqa: BLE001 - compiled ops / optional deps: say which
+        raise PcdetNotAvailable(
+            f"OpenPCDet {version} is installed but 'pcdet.models' failed to import ({type(err).__name__}: {err}). "
+            "Usually a compiled extension was not built (`python setup.py develop` in the OpenPCDet checkout) or "
+            "an import-time dependency is missing (kornia==0.6.12, av2, pandas, opencv, SharedArray).") from err
+    if "VoxelNeXt" not in getattr(detectors, "__all__", {}):
+        raise PcdetNotAvailable(f"OpenPCDet {version} has no VoxelNeXt detector; it is too old for pcdet_rmae_ts.")
+    return b3d, detectors
+
+
+def _put(module: types.ModuleType, name: str, cls: type) -> None:
+    module.__all__[name] = cls
+    setattr(module, name, cls)  # `from module import *` iterates __all__'s keys
+
+
+def register() -> Dict[str, List[str]]:
+    """Add RMAECMAEBackbonePhase1 to ``backbones_3d.__all__`` and RMAECMAEDetectorPhase1 to
+    ``detectors.__all__`` (idempotent). Returns ``{registry: [names]}``."""
+    b3d, detectors = _import_registries()
+    from ..models.backbone import RMAECMAEBackbonePhase1
+    from ..models.detector import get_detector_class
+
+    _put(b3d, "RMAECMAEBackbonePhase1", RMAECMAEBackbonePhase1)
+    _put(detectors, "RMAECMAEDetectorPhase1", get_detector_class())
+    return {"backbones_3d": ["RMAECMAEBackbonePhase1"], "detectors": ["RMAECMAEDetectorPhase1"]}
+
+
+# ----------------------------------------------------------------------------- optimizer hook
+class _HookState:
+    """What the wrappers share: the model the optimizer was built for and the latest group LRs."""
+
+    def __init__(self) -> None:
+        self.model_ref: Optional[weakref.ReferenceType] = None
+        self.group_lrs: Dict[str, float] = {}
+
+
+HOOK_STATE = _HookState()
+
+
+class GroupLRScheduler:
+    """Wraps the differential-LR scheduler for OpenPCDet's loop: same ``step(it, epoch=None)``, and
+    every ``interval`` iterations (and the first) it logs each group's LR to OpenPCDet's logger;
+    the latest LRs are kept in :data:`HOOK_STATE` for tensorboard (``train/lr_<group>``)."""
+
+    def __init__(self, scheduler: Any, logger: logging.Logger, interval: int = GROUP_LR_LOG_INTERVAL) -> None:
+        self.scheduler = scheduler
+        self.logger = logger
+        self.interval = max(int(interval), 1)
+        self._logged_first = False
+
+    def step(self, it: Optional[int] = None, epoch: Optional[int] = None) -> None:
+        self.scheduler.step(it, epoch)
+        lrs = self.scheduler.get_group_lrs()
+        HOOK_STATE.group_lrs = dict(lrs)
+        current = self.scheduler.last_it
+        if not self._logged_first or current % self.interval == 0:
+            self._logged_first = True
+            self.logger.info("iter %d: LR per group: %s", current,
+                             ", ".join(f"{name} {lr:.4e}" for name, lr in lrs.items()))
+
+    def __getattr__(self, name: str) -> Any:  # state_dict, get_group_lrs, optimizer, ...
+        return getattr(self.scheduler, name)
+
+
+def install_optimizer_hook(module: Optional[types.ModuleType] = None) -> types.ModuleType:
+    """Replace ``build_optimizer`` / ``build_scheduler`` of ``train_utils.optimization`` (OpenPCDet's
+    tools/) with wrappers that use pcdet_rmae_ts.optim when ``OPTIMIZATION.DIFFERENTIAL_LR`` is on and
+    delegate to the originals otherwise. Idempotent; returns the module.
+
+    Must run before OpenPCDet's train.py body executes (it binds the names at import).
+    """
+    from ..optim.differential_lr import build_scheduler as dlr_build_scheduler
+    from ..optim.differential_lr import create_optimizer_with_differential_lr, uses_differential_lr
+
+    if module is None:
+        module = importlib.import_module("train_utils.optimization")
+    if getattr(module.build_optimizer, HOOK_MARK, False):
+        return module
+    original_optimizer, original_scheduler = module.build_optimizer, module.build_scheduler
+
+    def build_optimizer(model, optim_cfg):
+        HOOK_STATE.model_ref = weakref.ref(model)
+        if uses_differential_lr(optim_cfg):
+            return create_optimizer_with_differential_lr(model, optim_cfg, logger=logging.getLogger(PCDET_LOGGER))
+        return original_optimizer(model, optim_cfg)
+
+    def build_scheduler(optimizer, total_iters_each_epoch, total_epochs, last_epoch, optim_cfg):
+        model = HOOK_STATE.model_ref() if HOOK_STATE.model_ref is not None else None
+        if model is not None and hasattr(model, "set_total_steps"):
+            model.set_total_steps(int(total_iters_each_epoch) * int(total_epochs))
+        if uses_differential_lr(optim_cfg):
+            scheduler, warmup = dlr_build_scheduler(optimizer, total_iters_each_epoch, total_epochs, last_epoch,
+                                                    optim_cfg)
+            interval = int(optim_cfg.get("GROUP_LR_LOG_INTERVAL", GROUP_LR_LOG_INTERVAL))
+            return GroupLRScheduler(scheduler, logging.getLogger(PCDET_LOGGER), interval), warmup
+        return original_scheduler(optimizer=optimizer, total_iters_each_epoch=total_iters_each_epoch,
+                                  total_epochs=total_epochs, last_epoch=last_epoch, optim_cfg=optim_cfg)
+
+    for wrapper in (build_optimizer, build_scheduler):
+        setattr(wrapper, HOOK_MARK, True)
+    build_optimizer.original = original_optimizer
+    build_scheduler.original = original_scheduler
+    module.build_optimizer, module.build_scheduler = build_optimizer, build_scheduler
+    return module
+
+
+def install_group_lr_tensorboard(models_module: Optional[types.ModuleType] = None) -> types.ModuleType:
+    """Wrap ``pcdet.models.model_fn_decorator`` so that the training step's tb_dict carries
+    ``lr_<group>`` for every differential-LR group (the stock loop writes them as ``train/lr_<group>``)."""
+    if models_module is None:
+        models_module = importlib.import_module("pcdet.models")
+    original = models_module.model_fn_decorator
+    if getattr(original, HOOK_MARK, False):
+        return models_module
+
+    def model_fn_decorator():
+        model_func = original()
+
+        def wrapped(model, batch_dict):
+            ret = model_func(model, batch_dict)
+            for name, lr in HOOK_STATE.group_lrs.items():
+                ret.tb_dict[f"lr_{name}"] = lr
+            return ret
+
+        return wrapped
+
+    setattr(model_fn_decorator, HOOK_MARK, True)
+    models_module.model_fn_decorator = model_fn_decorator
+    return models_module
+
+
+# ----------------------------------------------------------------------------- config loading
+def _absolutize_bases(node: Any, including_file: Path) -> None:
+    if isinstance(node, MutableMapping):
+        for key, value in node.items():
+            if key == BASE_CONFIG_KEY and isinstance(value, str):
+                node[key] = str(resolve_base_config(value, including_file))
+            else:
+                _absolutize_bases(value, including_file)
+
+
+def install_config_lookup(config_module: Optional[types.ModuleType] = None) -> types.ModuleType:
+    """Make ``pcdet.config.cfg_from_yaml_file`` find ``_BASE_CONFIG_`` as the plugin does: the
+    current directory first (OpenPCDet's rule), then the including file's folder and its parents,
+    then the pcdet_rmae_ts package. Merging is OpenPCDet's own ``merge_new_config``."""
+    import yaml
+
+    if config_module is None:
+        config_module = importlib.import_module("pcdet.config")
+    if getattr(config_module.cfg_from_yaml_file, HOOK_MARK, False):
+        return config_module
+
+    def cfg_from_yaml_file(cfg_file, config):
+        with open(cfg_file, "r") as stream:
+            new_config = yaml.safe_load(stream)
+        _absolutize_bases(new_config, Path(cfg_file))
+        config_module.merge_new_config(config=config, new_config=new_config)
+        return config
+
+    setattr(cfg_from_yaml_file, HOOK_MARK, True)
+    config_module.cfg_from_yaml_file = cfg_from_yaml_file
+    return config_module
+
+
+# ----------------------------------------------------------------------------- launcher
+def _check_tools_dir(path: Path, source: str) -> Path:
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise LauncherError(f"{source} points to {path}, which is not a directory. It must be OpenPCDet's tools/ "
+                            f"folder (the one with train.py, test.py and train_utils/).")
+    for needed in ("train.py", "test.py", "train_utils/optimization/__init__.py"):
+        if not (path / needed).exists():
+            raise LauncherError(f"{source} points to {path}, which is not OpenPCDet's tools/ folder: {needed} is "
+                                f"missing. Pass the tools/ folder of your OpenPCDet (or VoxelNeXt) checkout.")
+    return path
+
+
+def find_pcdet_tools(cli_dir: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Path:
+    """OpenPCDet's tools/ folder: ``--pcdet_tools DIR``, else ``$PCDET_TOOLS``, else ``tools/`` next to
+    an editable (source) install of pcdet. Raises :class:`LauncherError` saying what to do."""
+    environ = os.environ if environ is None else environ
+    if cli_dir:
+        return _check_tools_dir(Path(cli_dir), "--pcdet_tools")
+    if environ.get("PCDET_TOOLS"):
+        return _check_tools_dir(Path(environ["PCDET_TOOLS"]), "the PCDET_TOOLS environment variable")
+    spec = importlib.util.find_spec("pcdet")
+    if spec is None or not spec.origin:
+        raise LauncherError("cannot find OpenPCDet's tools/ folder: pcdet is not installed in this Python "
+                            f"({sys.executable}). Pass --pcdet_tools /path/to/OpenPCDet/tools, or set "
+                            "PCDET_TOOLS=/path/to/OpenPCDet/tools, or install OpenPCDet from its checkout with "
+                            "`python setup.py develop`.")
+    candidate = Path(spec.origin).resolve().parent.parent / "tools"
+    if not (candidate / "train.py").is_file():
+        raise LauncherError(f"pcdet is installed at {Path(spec.origin).parent}, but there is no tools/train.py next "
+                            f"to it (not an editable/source install). Pass --pcdet_tools /path/to/OpenPCDet/tools "
+                            f"or set PCDET_TOOLS.")
+    return _check_tools_dir(candidate, f"the tools/ folder next to pcdet ({candidate})")
+
+
+def split_launcher_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+    """Take the launcher's own flags out of ``argv`` (only before ``--set``, which swallows the rest)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--pcdet_tools", default=None)
+    parser.add_argument("--skip_preflight", action="store_true")
+    parser.add_argument("--chdir_tools", action="store_true")
+    argv = list(argv)
+    cut = argv.index("--set") if "--set" in argv else len(argv)
+    ours, rest = parser.parse_known_args(argv[:cut])
+    return ours, rest + argv[cut:]
+
+
+def translate_local_rank(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Make the local rank reach train.py/test.py in both trees.
+
+    ``--local-rank=N`` (torch.distributed.launch on torch >= 2.0) becomes ``--local_rank N``; under
+    ``--launcher pytorch`` with ``LOCAL_RANK`` set (torchrun) and no explicit flag, ``--local_rank
+    $LOCAL_RANK`` is added, because the VoxelNeXt fork's train.py ignores the variable (every rank
+    would pick GPU 0). The flag goes before ``--set`` (which swallows what follows).
+    """
+    environ = os.environ if environ is None else environ
+    out: List[str] = []
+    for arg in argv:
+        if arg.startswith("--local-rank="):
+            out += ["--local_rank", arg.split("=", 1)[1]]
+        elif arg == "--local-rank":
+            out.append("--local_rank")
+        else:
+            out.append(arg)
+    cut = out.index("--set") if "--set" in out else len(out)
+    head = out[:cut]
+    launcher = _arg_value(head, "--launcher")
+    has_flag = any(a == "--local_rank" or a.startswith("--local_rank=") for a in head)
+    if launcher == "pytorch" and not has_flag and environ.get("LOCAL_RANK") is not None:
+        head += ["--local_rank", str(environ["LOCAL_RANK"])]
+    return head + out[cut:]
+
+
+def _arg_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    for i, arg in enumerate(argv):
+        if arg == "--set":
+            return None
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _is_rank_zero(environ: Mapping[str, str]) -> bool:
+    return environ.get("RANK", environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def run_preflight(cfg_file: Optional[str], environ: Mapping[str, str]) -> None:
+    """Run the config pre-flight check; LauncherError on an error finding."""
+    if not cfg_file:
+        return
+    from .preflight import check_config, failed, format_findings
+
+    findings = check_config(cfg_file)
+    if findings and _is_rank_zero(environ):
+        print(format_findings(cfg_file, findings), file=sys.stderr)
+    if failed(findings):
+        raise LauncherError(f"the config pre-flight check found errors in {cfg_file} (listed above); fix them, or "
+                            "pass --skip_preflight to run anyway.")
+
+
+def _prepare_sys_path(tools: Path) -> None:
+    own_tools = Path(__file__).resolve().parents[2] / "tools"
+    sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != own_tools]  # our test.py != theirs
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    sys.path.insert(0, str(tools))
+    if importlib.util.find_spec("pcdet") is None:  # a built but uninstalled checkout
+        sys.path.append(str(tools.parent))
+    # tools/_init_path.py inserts '../' (relative to the cwd) into sys.path; not needed here.
+    sys.modules.setdefault("_init_path", types.ModuleType("_init_path"))
+
+
+def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
+    """Register the plugin, install the hooks and run OpenPCDet's own ``tools/<script>`` as __main__.
+
+    The working directory stays the caller's (unless ``--chdir_tools``), so ``--cfg_file``,
+    ``_BASE_CONFIG_``, ``DATA_PATH`` and ``--pretrained_model`` resolve as typed, e.g. from this
+    repository's root. Launcher flags: ``--pcdet_tools DIR``, ``--skip_preflight``, ``--chdir_tools``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, rest = split_launcher_args(argv)
+    tools = find_pcdet_tools(ours.pcdet_tools)
+    rest = translate_local_rank(rest)
+    if not ours.skip_preflight:
+        run_preflight(_arg_value(rest, "--cfg_file"), os.environ)
+    _prepare_sys_path(tools)
+    register()
+    install_config_lookup()
+    if script == "train.py":
+        install_optimizer_hook()
+        install_group_lr_tensorboard()
+    if ours.chdir_tools:
+        os.chdir(tools)
+    sys.argv = [str(tools / script)] + rest
+    runpy.run_path(str(tools / script), run_name="__main__")
+
+
+def launcher_main(script: str) -> int:
+    try:
+        run_pcdet_tool(script)
+    except (LauncherError, PcdetNotAvailable) as err:
+        print(f"pcdet_rmae_ts: error: {err}", file=sys.stderr)
+        return 2
+    return 0

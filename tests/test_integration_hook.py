@@ -1,0 +1,142 @@
+"""Differential-LR hook mechanics on a stand-in ``train_utils.optimization`` module (no pcdet)."""
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import types
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from easydict import EasyDict
+from torch import nn
+
+from pcdet_rmae_ts.config import cfg_from_yaml_file
+from pcdet_rmae_ts.integration import pcdet as integ
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TinyDetector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone_3d = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.backbone_3d.register_parameter("mask_token", nn.Parameter(torch.zeros(4)))  # owned by a parent module
+        self.dense_head = nn.Linear(4, 2)
+        self.total_steps = None
+
+    def set_total_steps(self, n):
+        self.total_steps = n
+
+
+@pytest.fixture()
+def stand_in(monkeypatch):
+    calls = []
+    package = types.ModuleType("train_utils")
+    module = types.ModuleType("train_utils.optimization")
+
+    def build_optimizer(model, optim_cfg):
+        calls.append(("optimizer", optim_cfg))
+        return "stock-optimizer"
+
+    def build_scheduler(optimizer, total_iters_each_epoch, total_epochs, last_epoch, optim_cfg):
+        calls.append(("scheduler", total_iters_each_epoch, total_epochs, last_epoch))
+        return "stock-scheduler", None
+
+    module.build_optimizer, module.build_scheduler = build_optimizer, build_scheduler
+    package.optimization = module
+    monkeypatch.setitem(sys.modules, "train_utils", package)
+    monkeypatch.setitem(sys.modules, "train_utils.optimization", module)
+    return module, calls
+
+
+def _optim_cfg(differential=True):
+    cfg = cfg_from_yaml_file(REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml")
+    optim = cfg.OPTIMIZATION
+    optim.DIFFERENTIAL_LR = differential
+    return optim
+
+
+def test_hook_installs_by_module_name_and_is_idempotent(stand_in):
+    module, _ = stand_in
+    originals = module.build_optimizer, module.build_scheduler
+    integ.install_optimizer_hook()
+    wrapped = module.build_optimizer
+    assert wrapped is not originals[0] and getattr(wrapped, integ.HOOK_MARK)
+    assert wrapped.original is originals[0] and module.build_scheduler.original is originals[1]
+    integ.install_optimizer_hook()
+    assert module.build_optimizer is wrapped
+
+
+def test_delegates_to_stock_builders_when_off(stand_in):
+    module, calls = stand_in
+    integ.install_optimizer_hook(module)
+    optim = _optim_cfg(differential=False)
+    model = TinyDetector()
+    assert module.build_optimizer(model, optim) == "stock-optimizer"
+    assert module.build_scheduler(optimizer="x", total_iters_each_epoch=5, total_epochs=2, last_epoch=-1,
+                                  optim_cfg=optim) == ("stock-scheduler", None)
+    assert calls == [("optimizer", optim), ("scheduler", 5, 2, -1)]
+    assert model.total_steps == 10  # the EMA schedule length is given to the model either way
+
+
+def test_differential_lr_through_the_hook(stand_in, tmp_path):
+    module, calls = stand_in
+    integ.install_optimizer_hook(module)
+    optim_cfg = _optim_cfg()
+    model = TinyDetector()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger(integ.PCDET_LOGGER)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        optimizer = module.build_optimizer(model, optim_cfg)
+        scheduler, warmup = module.build_scheduler(optimizer, total_iters_each_epoch=10, total_epochs=3,
+                                                   last_epoch=-1, optim_cfg=optim_cfg)
+        assert calls == [] and warmup is None
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
+        assert sorted(in_optimizer) == sorted(trainable)  # mask_token included, nothing twice
+        for it in range(3):  # official calls step(it, epoch), the fork step(it)
+            scheduler.step(it, 0) if it % 2 else scheduler.step(it)
+        lrs = scheduler.get_group_lrs()
+        assert lrs["dense_head"] == pytest.approx(20 * lrs["backbone"])
+        assert float(optimizer.lr) == pytest.approx(lrs["backbone"] / 0.1)
+        assert integ.HOOK_STATE.group_lrs == lrs
+        text = stream.getvalue()
+        assert "LR per group" in text and "backbone" in text and "dense_head" in text
+        assert "parameter groups" in text  # groups logged once at creation
+    finally:
+        log.removeHandler(handler)
+    # OpenPCDet checkpoint of the optimizer loads with weights_only=True and resumes.
+    torch.save({"optimizer_state": optimizer.state_dict()}, tmp_path / "ckpt.pth")
+    state = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    fresh = module.build_optimizer(TinyDetector(), optim_cfg)
+    fresh.load_state_dict(state["optimizer_state"])
+
+
+def test_group_lrs_reach_tensorboard_dict():
+    Ret = namedtuple("ModelReturn", ["loss", "tb_dict", "disp_dict"])
+    models = types.ModuleType("fake_models")
+    models.model_fn_decorator = lambda: (lambda model, batch: Ret(torch.tensor(1.0), {"rpn_loss": 1.0}, {}))
+    integ.install_group_lr_tensorboard(models)
+    integ.install_group_lr_tensorboard(models)  # idempotent
+    integ.HOOK_STATE.group_lrs = {"backbone": 1e-4, "dense_head": 2e-3}
+    ret = models.model_fn_decorator()(None, {})
+    assert ret.tb_dict == {"rpn_loss": 1.0, "lr_backbone": 1e-4, "lr_dense_head": 2e-3}
+
+
+def test_config_lookup_resolves_base_from_the_repository(tmp_path, monkeypatch):
+    config = types.ModuleType("fake_pcdet_config")
+    merged = []
+    config.cfg_from_yaml_file = lambda f, c: None
+    config.merge_new_config = lambda config, new_config: merged.append(new_config)
+    integ.install_config_lookup(config)
+    monkeypatch.chdir(tmp_path)  # not the repository: OpenPCDet alone would not find the base file
+    config.cfg_from_yaml_file(str(REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml"),
+                              EasyDict())
+    base = Path(merged[0]["DATA_CONFIG"]["_BASE_CONFIG_"])
+    assert base.is_absolute() and base.is_file() and base.name == "custom_dataset_isarc.yaml"

@@ -1,0 +1,138 @@
+"""Launcher logic (no pcdet needed): finding OpenPCDet's tools/, argv handling, error messages."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcdet_rmae_ts.integration import pcdet as integ
+
+REPO = Path(__file__).resolve().parents[1]
+PCDET_PRESENT = importlib.util.find_spec("pcdet") is not None
+
+
+def _fake_tools(root: Path) -> Path:
+    tools = root / "OpenPCDet" / "tools"
+    (tools / "train_utils" / "optimization").mkdir(parents=True)
+    (tools / "train_utils" / "optimization" / "__init__.py").write_text("")
+    (tools / "train.py").write_text("")
+    (tools / "test.py").write_text("")
+    return tools
+
+
+def test_import_does_not_import_pcdet():
+    code = ("import sys, pcdet_rmae_ts, pcdet_rmae_ts.models, pcdet_rmae_ts.models.detector, "
+            "pcdet_rmae_ts.integration.pcdet, pcdet_rmae_ts.integration.preflight; "
+            "assert 'pcdet' not in sys.modules, sorted(m for m in sys.modules if m.startswith('pcdet.'))")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_tools_dir_from_flag_env_and_errors(tmp_path, monkeypatch):
+    tools = _fake_tools(tmp_path)
+    assert integ.find_pcdet_tools(str(tools), environ={}) == tools.resolve()
+    assert integ.find_pcdet_tools(None, environ={"PCDET_TOOLS": str(tools)}) == tools.resolve()
+    with pytest.raises(integ.LauncherError, match="--pcdet_tools points to .* not a directory"):
+        integ.find_pcdet_tools(str(tmp_path / "nope"), environ={})
+    (tools / "train.py").unlink()
+    with pytest.raises(integ.LauncherError, match="PCDET_TOOLS environment variable .* train.py is missing"):
+        integ.find_pcdet_tools(None, environ={"PCDET_TOOLS": str(tools)})
+
+
+def test_tools_dir_next_to_pcdet(tmp_path, monkeypatch):
+    tools = _fake_tools(tmp_path)
+    (tools.parent / "pcdet").mkdir()
+    (tools.parent / "pcdet" / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location("pcdet", tools.parent / "pcdet" / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "pcdet" else None)
+    assert integ.find_pcdet_tools(None, environ={}) == tools.resolve()
+    site = tmp_path / "site-packages" / "pcdet"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    spec2 = importlib.util.spec_from_file_location("pcdet", site / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec2 if name == "pcdet" else None)
+    with pytest.raises(integ.LauncherError, match="not an editable/source install.*--pcdet_tools"):
+        integ.find_pcdet_tools(None, environ={})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(integ.LauncherError, match="pcdet is not installed.*PCDET_TOOLS"):
+        integ.find_pcdet_tools(None, environ={})
+
+
+def test_split_launcher_args_keeps_set_remainder():
+    ours, rest = integ.split_launcher_args(
+        ["--cfg_file", "a.yaml", "--pcdet_tools", "/x", "--skip_preflight", "--batch_size", "8",
+         "--set", "OPTIMIZATION.LR", "0.01", "--pcdet_tools", "literal"])
+    assert ours.pcdet_tools == "/x" and ours.skip_preflight and not ours.chdir_tools
+    assert rest == ["--cfg_file", "a.yaml", "--batch_size", "8", "--set", "OPTIMIZATION.LR", "0.01",
+                    "--pcdet_tools", "literal"]
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["--launcher", "pytorch", "--cfg_file", "a"], {"LOCAL_RANK": "3"},
+     ["--launcher", "pytorch", "--cfg_file", "a", "--local_rank", "3"]),
+    (["--launcher", "pytorch", "--set", "A", "1"], {"LOCAL_RANK": "1"},
+     ["--launcher", "pytorch", "--local_rank", "1", "--set", "A", "1"]),
+    (["--launcher", "pytorch", "--local-rank=2"], {"LOCAL_RANK": "2"}, ["--launcher", "pytorch", "--local_rank", "2"]),
+    (["--launcher", "pytorch", "--local_rank", "0"], {"LOCAL_RANK": "5"},
+     ["--launcher", "pytorch", "--local_rank", "0"]),
+    (["--cfg_file", "a"], {"LOCAL_RANK": "1"}, ["--cfg_file", "a"]),
+])
+def test_translate_local_rank(argv, env, expected):
+    assert integ.translate_local_rank(argv, env) == expected
+
+
+def _launch(args, cwd, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("PCDET_TOOLS", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(REPO / "tools" / "train.py")] + args, capture_output=True, text=True,
+                          cwd=cwd, env=env, check=False)
+
+
+def test_launcher_reports_missing_tools_dir(tmp_path):
+    proc = _launch(["--pcdet_tools", str(tmp_path / "missing"), "--cfg_file", "x.yaml"], tmp_path)
+    assert proc.returncode == 2
+    assert "pcdet_rmae_ts: error: --pcdet_tools points to" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_launcher_stops_on_preflight_errors(tmp_path):
+    tools = _fake_tools(tmp_path)
+    seeds = REPO.parent / "shared" / "seed-configs"
+    if not seeds.is_dir():
+        pytest.skip("seed configs not available")
+    cfg = tmp_path / "cfgs" / "custom_models"
+    cfg.mkdir(parents=True)
+    (tmp_path / "cfgs" / "dataset_configs").mkdir()
+    (cfg / "ft.yaml").write_text((seeds / "rmae_cmae_isarc_4class_finetune_phase1.yaml").read_text())
+    (tmp_path / "cfgs" / "dataset_configs" / "custom_dataset_isarc.yaml").write_text(
+        (seeds / "custom_dataset_isarc.yaml").read_text())
+    proc = _launch(["--pcdet_tools", str(tools), "--cfg_file", "cfgs/custom_models/ft.yaml"], tmp_path)
+    assert proc.returncode == 2
+    assert "code_weights" in proc.stderr and "--skip_preflight" in proc.stderr
+
+
+@pytest.mark.skipif(PCDET_PRESENT, reason="pcdet is installed here; this checks the message when it is absent")
+def test_launcher_says_pcdet_is_missing(tmp_path):
+    tools = _fake_tools(tmp_path)
+    proc = _launch(["--pcdet_tools", str(tools), "--cfg_file",
+                    str(REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml")], REPO)
+    assert proc.returncode == 2
+    assert "OpenPCDet (the 'pcdet' package) is not importable" in proc.stderr
+
+
+@pytest.mark.skipif(PCDET_PRESENT, reason="pcdet is installed here")
+def test_register_without_pcdet_is_a_clear_error():
+    import pcdet_rmae_ts
+
+    with pytest.raises(ImportError, match="setup.py develop"):
+        pcdet_rmae_ts.register()
+
+
+def test_dist_scripts_use_torchrun_and_pass_the_launcher():
+    for name in ("dist_train.sh", "dist_test.sh"):
+        text = (REPO / "scripts" / name).read_text()
+        assert "torch.distributed.run" in text and "--launcher pytorch" in text
+        assert subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], check=False).returncode == 0
