@@ -1,0 +1,146 @@
+"""Against a real OpenPCDet build: registration, build_network, pretraining forward/backward,
+checkpoint loading, the hook on the real train_utils. Skipped (with the reason) without pcdet;
+fine-tune tests need a GPU because VoxelNeXtHead calls .cuda() in its constructor."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+REPO = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("pcdet") is None:
+    pytest.skip("OpenPCDet (pcdet) is not installed in this environment; build it from source to run these",
+                allow_module_level=True)
+pcdet_models = pytest.importorskip("pcdet.models", reason="pcdet is installed but pcdet.models does not import")
+
+import pcdet_rmae_ts  # noqa: E402
+from pcdet_rmae_ts.config import cfg_from_yaml_file  # noqa: E402
+from pcdet_rmae_ts.engine.checkpoint import checkpoint_state, save_checkpoint  # noqa: E402
+
+NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="VoxelNeXtHead calls .cuda() in its constructor: needs a GPU")
+FINETUNE = REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml"
+PRETRAIN = REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_pretraining_phase1.yaml"
+
+
+class DatasetStub:
+    """The attributes Detector3DTemplate.build_networks reads."""
+
+    def __init__(self, cfg, grid=(176, 176, 40)):
+        self.class_names = list(cfg.CLASS_NAMES)
+        self.point_feature_encoder = EasyDict(num_point_features=3)
+        self.grid_size = np.array(grid, dtype=np.int64)
+        self.point_cloud_range = np.array([-8.8, -8.8, -3.0, 8.8, 8.8, 5.0], dtype=np.float32)
+        self.voxel_size = [0.1, 0.1, 0.2]
+        self.depth_downsample_factor = None
+
+
+def _build(cfg_file, monkeypatch):
+    from pcdet.config import cfg as global_cfg
+
+    cfg = cfg_from_yaml_file(cfg_file)
+    monkeypatch.setattr(global_cfg, "MODEL", cfg.MODEL, raising=False)
+    monkeypatch.setattr(global_cfg, "LOSS_CONFIG", cfg.get("LOSS_CONFIG"), raising=False)
+    pcdet_rmae_ts.register()
+    model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=DatasetStub(cfg))
+    return cfg, model
+
+
+def _batch(batch_size=2, n=600, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.cat([torch.full((n, 1), b) for b in range(batch_size)] * 1, 0)
+    zyx = torch.stack([torch.randint(0, 40, (n * batch_size,), generator=g),
+                       torch.randint(0, 176, (n * batch_size,), generator=g),
+                       torch.randint(0, 176, (n * batch_size,), generator=g)], 1)
+    coords = torch.cat([coords, zyx], 1)
+    coords = torch.unique(coords, dim=0)
+    voxels = torch.rand(coords.shape[0], 5, 3, generator=g)
+    return {"voxels": voxels, "voxel_num_points": torch.full((coords.shape[0],), 5.0),
+            "voxel_coords": coords.float(), "batch_size": batch_size}
+
+
+def test_register_is_idempotent():
+    first = pcdet_rmae_ts.register()
+    second = pcdet_rmae_ts.register()
+    assert first == second
+    import pcdet.models.backbones_3d as b3d
+    import pcdet.models.detectors as det
+
+    from pcdet_rmae_ts.models.detector import get_detector_class
+    assert det.__all__["RMAECMAEDetectorPhase1"] is get_detector_class()
+    assert issubclass(get_detector_class(), det.__all__["VoxelNeXt"])
+    assert b3d.__all__["RMAECMAEBackbonePhase1"].__name__ == "RMAECMAEBackbonePhase1"
+
+
+def test_pretraining_build_forward_backward_cpu(monkeypatch):
+    cfg, model = _build(PRETRAIN, monkeypatch)
+    assert model.dense_head is None and model.pretraining
+    model.train()
+    ret, tb_dict, disp = model(_batch())
+    assert set(ret) == {"loss"} and torch.isfinite(ret["loss"]) and disp == {}
+    assert "loss_rmae" in tb_dict
+    ret["loss"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_ema_applied_once_per_optimizer_step(monkeypatch):
+    cfg = cfg_from_yaml_file(PRETRAIN)
+    cfg.MODEL.BACKBONE_3D.TEACHER_BACKBONE_TYPE = "ema"
+    from pcdet.config import cfg as global_cfg
+    monkeypatch.setattr(global_cfg, "MODEL", cfg.MODEL, raising=False)
+    pcdet_rmae_ts.register()
+    model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=4, dataset=DatasetStub(cfg))
+    model.set_total_steps(10)
+    calls = []
+    monkeypatch.setattr(model.backbone_3d, "update_teacher", lambda progress: calls.append(progress))
+    model.train()
+    for step in range(3):  # OpenPCDet order: forward, update_global_step, (backward, optimizer.step)
+        model(_batch(seed=step))
+        model.update_global_step()
+    assert calls == [pytest.approx(0.1), pytest.approx(0.2)]
+
+
+@NEEDS_GPU
+def test_finetune_build_and_load_pretraining_checkpoint(monkeypatch, tmp_path):
+    from pcdet_rmae_ts.models.pretrain_model import PretrainModel
+
+    pre_cfg = cfg_from_yaml_file(PRETRAIN)
+    stub = DatasetStub(pre_cfg)
+    pre = PretrainModel(pre_cfg.MODEL, 3, stub.grid_size, stub.voxel_size, stub.point_cloud_range)
+    ckpt = save_checkpoint(checkpoint_state(pre, epoch=1, it=1), tmp_path / "pre.pth")
+    cfg, model = _build(FINETUNE, monkeypatch)
+    model.load_params_from_file(str(ckpt), logger=logging.getLogger("test"), to_cpu=True)
+    own = model.state_dict()
+    for key, value in pre.backbone_3d.encoder_state_dict().items():
+        assert torch.equal(own[f"backbone_3d.{key}"].cpu(), value)
+
+
+def test_hook_on_real_train_utils(monkeypatch):
+    from pcdet_rmae_ts.integration import pcdet as integ
+
+    tools = integ.find_pcdet_tools()
+    monkeypatch.syspath_prepend(str(tools))
+    optimization = importlib.import_module("train_utils.optimization")
+    originals = optimization.build_optimizer, optimization.build_scheduler
+    try:
+        integ.install_optimizer_hook(optimization)
+        cfg, model = _build(PRETRAIN, monkeypatch)
+        optim = cfg_from_yaml_file(FINETUNE).OPTIMIZATION
+        optimizer = optimization.build_optimizer(model, optim)
+        scheduler, _ = optimization.build_scheduler(optimizer, total_iters_each_epoch=5, total_epochs=2,
+                                                    last_epoch=-1, optim_cfg=optim)
+        scheduler.step(3, 0)
+        assert float(optimizer.lr) > 0 and "backbone" in scheduler.get_group_lrs()
+        optim.DIFFERENTIAL_LR = False
+        stock = optimization.build_optimizer(model, optim)
+        assert type(stock).__name__ == "OptimWrapper"
+    finally:
+        optimization.build_optimizer, optimization.build_scheduler = originals
+    sys.modules.pop("train_utils.optimization", None)
