@@ -103,3 +103,26 @@ def test_eval_mode_conv_with_bias_on_cpu_equals_train_mode():
 
 def test_missing_spconv_message_names_the_extras():
     assert "[cpu]" in compat.SPCONV_INSTALL_HINT and "cu121" in compat.SPCONV_INSTALL_HINT
+
+
+def _run_python(code: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
+
+
+def test_missing_spconv_gives_a_clear_import_error():
+    result = _run_python(
+        "import sys; sys.modules['spconv'] = None\n"
+        "try:\n    import pcdet_rmae_ts.models.encoder\n"
+        "except ImportError as err:\n    print('MSG', err)\n")
+    assert "MSG spconv 2.x is required" in result.stdout and "[cu121]" in result.stdout, result.stderr
+
+
+def test_importing_the_package_imports_neither_spconv_nor_pcdet():
+    result = _run_python("import sys, pcdet_rmae_ts; print(sorted(m for m in sys.modules "
+                         "if m.split('.')[0] in ('spconv', 'pcdet')))")
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
