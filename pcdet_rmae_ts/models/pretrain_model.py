@@ -6,19 +6,23 @@ loads with ``--pretrained_model`` into a VoxelNeXt detector.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
 from ..config import resolve_loss_config
+from ..losses import attach_teacher_student_losses
 from .backbone import LossWeights, RMAECMAEBackbonePhase1
 from .vfe import MeanVFE
 
 
 class PretrainModel(nn.Module):
     def __init__(self, model_cfg, num_point_features: int, grid_size, voxel_size, point_cloud_range,
-                 loss_weights: Optional[LossWeights] = None):
+                 loss_weights: Optional[LossWeights] = None, loss_config: Optional[Mapping] = None):
+        """``loss_config``: the resolved LOSS_CONFIG (``resolve_loss_config``); by default the one of
+        ``model_cfg`` (MODEL.LOSS_CONFIG, MODEL.BACKBONE_3D.LOSS_CONFIG). Its Phase 2 per-loss weights
+        (MLFR_WEIGHT, ...) are read there; ``loss_weights`` decides TEACHER_STUDENT_WEIGHT."""
         super().__init__()
         self.model_cfg = model_cfg
         self.register_buffer("global_step", torch.zeros(1, dtype=torch.long))
@@ -38,6 +42,12 @@ class PretrainModel(nn.Module):
             model_cfg.BACKBONE_3D, input_channels=num_point_features, grid_size=grid_size,
             voxel_size=voxel_size, point_cloud_range=point_cloud_range)
         self.loss_weights = loss_weights or self.backbone_3d.loss_weights
+        # The backbone decides from its own weights whether the teacher runs every step; give it the
+        # resolved ones (LOSS_CONFIG may sit at the top level, outside BACKBONE_3D).
+        self.backbone_3d.loss_weights = self.loss_weights
+        loss_config = dict(loss_config if loss_config is not None else resolve_loss_config({"MODEL": model_cfg}))
+        loss_config["TEACHER_STUDENT_WEIGHT"] = self.loss_weights.teacher_student
+        attach_teacher_student_losses(self.backbone_3d, model_cfg.BACKBONE_3D, loss_config)
         if self.loss_weights.teacher_student == 0:
             self.backbone_3d.freeze_projectors()
 
@@ -48,7 +58,8 @@ class PretrainModel(nn.Module):
         return cls(cfg.MODEL, dataset.point_feature_encoder.num_point_features, dataset.grid_size,
                    dataset.voxel_size, dataset.point_cloud_range,
                    LossWeights(rmae=float(weights["RMAE_WEIGHT"]),
-                               teacher_student=float(weights["TEACHER_STUDENT_WEIGHT"])))
+                               teacher_student=float(weights["TEACHER_STUDENT_WEIGHT"])),
+                   loss_config=weights)
 
     def update_global_step(self) -> None:
         self.global_step += 1

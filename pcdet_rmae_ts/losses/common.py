@@ -1,0 +1,107 @@
+"""Shared pieces of the Phase 2 teacher-student losses: exact sparse-site bookkeeping
+(coalescing, key lookup), per-scene averaging, InfoNCE rows and a DDP row gather."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..sparse_align import site_keys
+
+SCALE_NAMES = ("x_conv1", "x_conv2", "x_conv3", "x_conv4", "bev")
+
+
+def scale_tensor(outputs: dict, scale: str):
+    """The sparse tensor of ``scale`` in an encoder output dict ('bev' = ``encoded_spconv_tensor``)."""
+    if scale == "bev":
+        return outputs["encoded_spconv_tensor"]
+    return outputs["multi_scale_3d_features"][scale]
+
+
+def coalesce_sites(indices: torch.Tensor, features: torch.Tensor,
+                   spatial_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum the feature rows that share a site.
+
+    indices: (N, 1 + D) [b, ...]; features: (N, C). Returns (U,) int64 sorted site keys and
+    (U, C) summed features. x_conv4 stacks conv4/conv5/conv6 rows at stride-8 coordinates,
+    so one site can hold several rows; summing is what the BEV collapse does with them too.
+    """
+    keys = site_keys(indices, spatial_shape)
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    summed = features.new_zeros((unique.shape[0], features.shape[1])).index_add_(0, inverse, features)
+    return unique, summed
+
+
+def keys_to_indices(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`site_keys`: (U,) int64 keys -> (U, 1 + D) int32 [b, ...] indices."""
+    columns = []
+    rest = keys
+    for size in reversed([int(s) for s in spatial_shape]):
+        columns.append(torch.remainder(rest, size))
+        rest = torch.div(rest, size, rounding_mode="floor")
+    columns.append(rest)
+    return torch.stack(columns[::-1], 1).int()
+
+
+def lookup_keys(query: torch.Tensor, sorted_reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For (Q,) keys in a sorted (R,) key array: (Q,) bool found and (Q,) long position (valid where found)."""
+    if sorted_reference.numel() == 0:
+        return (torch.zeros_like(query, dtype=torch.bool),
+                torch.zeros_like(query, dtype=torch.long))
+    pos = torch.searchsorted(sorted_reference, query).clamp(max=sorted_reference.numel() - 1)
+    return sorted_reference[pos] == query, pos
+
+
+def per_scene_mean(values: torch.Tensor, batch: torch.Tensor, batch_size: int,
+                   weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted mean of (M,) ``values`` within each scene, then the plain mean over the
+    scenes that have any weight (so a dense scene does not outweigh a sparse one)."""
+    weights = torch.ones_like(values) if weights is None else weights
+    num = values.new_zeros(batch_size).index_add_(0, batch, weights * values)
+    den = values.new_zeros(batch_size).index_add_(0, batch, weights)
+    valid = den > 0
+    return (num[valid] / den[valid]).mean()
+
+
+def info_nce_rows(query: torch.Tensor, keys: torch.Tensor, tau: float, positives: torch.Tensor,
+                  exclude: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE per query row with cosine similarity / ``tau``.
+
+    query: (M, D); keys: (K, D); positives: (M,) long column of each row's positive;
+    exclude: optional (M, K) bool of negatives to drop (never the positive).
+    Returns (M,) losses and the (M, K) logits.
+    """
+    logits = F.normalize(query, dim=1) @ F.normalize(keys, dim=1).t() / tau
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, positives, reduction="none"), logits
+
+
+def gather_rows_across_ranks(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """All-gather (n_rank, D) rows of every process (sizes may differ; no gradient).
+
+    Returns the (sum n, D) rows in rank order and this rank's offset into them. Without an
+    initialised process group (or with one process) it returns ``rows`` and 0.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    padded = rows.new_zeros((max(sizes), rows.shape[1]))
+    padded[:rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    parts = [g[:n] for g, n in zip(gathered, sizes)]
+    return torch.cat(parts), sum(sizes[:rank])
+
+
+def mlp_head(dim: int, hidden: Optional[int] = None) -> torch.nn.Sequential:
+    """Linear-LayerNorm-ReLU-Linear (the predictor of BYOL-style students)."""
+    hidden = hidden or dim
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.LayerNorm(hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, dim))
