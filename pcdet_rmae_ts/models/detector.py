@@ -74,6 +74,7 @@ def _build_detector_class() -> type:
     from pcdet.models.detectors.voxelnext import VoxelNeXt
 
     from .backbone import LossWeights
+    from .pretrain_model import configure_pretraining_losses
 
     class RMAECMAEDetectorPhase1(VoxelNeXt):
         """VoxelNeXt + R-MAE pretraining mode. See the module docstring."""
@@ -92,8 +93,7 @@ def _build_detector_class() -> type:
                 if not hasattr(self.backbone_3d, "get_loss"):
                     raise ValueError(f"MODEL.BACKBONE_3D.NAME {backbone_cfg.get('NAME')!r} has no pretraining "
                                      f"loss; pretraining needs RMAECMAEBackbonePhase1")
-                if self.loss_weights.teacher_student == 0:
-                    self.backbone_3d.freeze_projectors()  # unused in Phase 1: keep them out of the optimizer
+                configure_pretraining_losses(self.backbone_3d, backbone_cfg, weights, self.loss_weights)
                 # Optimizer steps already folded into the EMA teacher (-1: not synchronised yet).
                 self.register_buffer("ema_step", torch.full((1,), -1, dtype=torch.long))
 

@@ -17,6 +17,24 @@ from .backbone import LossWeights, RMAECMAEBackbonePhase1
 from .vfe import MeanVFE
 
 
+def configure_pretraining_losses(backbone: RMAECMAEBackbonePhase1, backbone_cfg: Mapping, loss_config: Mapping,
+                                 loss_weights: Optional[LossWeights] = None) -> LossWeights:
+    """Give a pretraining backbone its resolved loss weights, attach the enabled Phase 2 losses, and
+    freeze the projection heads when no teacher-student loss trains them (Phase 1). Shared by the
+    pcdet-free PretrainModel and the OpenPCDet detector. Returns the weights in force."""
+    weights = loss_weights or LossWeights(rmae=float(loss_config.get("RMAE_WEIGHT", 1.0)),
+                                          teacher_student=float(loss_config.get("TEACHER_STUDENT_WEIGHT", 0.0)))
+    # The backbone decides from its weights whether the teacher runs every step; LOSS_CONFIG may sit
+    # at the top level, outside BACKBONE_3D, so it is told the resolved ones.
+    backbone.loss_weights = weights
+    resolved = dict(loss_config)
+    resolved["TEACHER_STUDENT_WEIGHT"] = weights.teacher_student
+    attach_teacher_student_losses(backbone, backbone_cfg, resolved)
+    if weights.teacher_student == 0:
+        backbone.freeze_projectors()
+    return weights
+
+
 class PretrainModel(nn.Module):
     def __init__(self, model_cfg, num_point_features: int, grid_size, voxel_size, point_cloud_range,
                  loss_weights: Optional[LossWeights] = None, loss_config: Optional[Mapping] = None):
@@ -41,15 +59,9 @@ class PretrainModel(nn.Module):
         self.backbone_3d = RMAECMAEBackbonePhase1(
             model_cfg.BACKBONE_3D, input_channels=num_point_features, grid_size=grid_size,
             voxel_size=voxel_size, point_cloud_range=point_cloud_range)
-        self.loss_weights = loss_weights or self.backbone_3d.loss_weights
-        # The backbone decides from its own weights whether the teacher runs every step; give it the
-        # resolved ones (LOSS_CONFIG may sit at the top level, outside BACKBONE_3D).
-        self.backbone_3d.loss_weights = self.loss_weights
-        loss_config = dict(loss_config if loss_config is not None else resolve_loss_config({"MODEL": model_cfg}))
-        loss_config["TEACHER_STUDENT_WEIGHT"] = self.loss_weights.teacher_student
-        attach_teacher_student_losses(self.backbone_3d, model_cfg.BACKBONE_3D, loss_config)
-        if self.loss_weights.teacher_student == 0:
-            self.backbone_3d.freeze_projectors()
+        self.loss_weights = configure_pretraining_losses(
+            self.backbone_3d, model_cfg.BACKBONE_3D,
+            loss_config if loss_config is not None else resolve_loss_config({"MODEL": model_cfg}), loss_weights)
 
     @classmethod
     def from_config(cls, cfg, dataset) -> "PretrainModel":
