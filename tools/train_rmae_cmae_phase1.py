@@ -1,6 +1,7 @@
 """Pretrain a VoxelNeXt backbone with R-MAE radial masking + teacher-student (pcdet-free).
 
-    python tools/train_rmae_cmae_phase1.py --cfg_file cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml \
+    python tools/train_rmae_cmae_phase1.py \
+        --cfg_file cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml \
         --batch_size 8 --epochs 30 --extra_tag rmae_cmae_pretraining_phase1
 
 Errors in the config or the data end the run with one clear message (exit status 2);

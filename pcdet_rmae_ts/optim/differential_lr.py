@@ -99,7 +99,8 @@ def _parse_group(entry: Any, index: int, source: Any) -> GroupSpec:
     where = f"OPTIMIZATION.DIFFERENTIAL_LR.GROUPS[{index}]"
     if not isinstance(entry, Mapping):
         raise ConfigError(f"must be a mapping with {', '.join(GROUP_KEYS)}, got {entry!r}", key=where,
-                          file=config_source(source), fix="write each group as {NAME: ..., PREFIXES: [...], LR_RATIO: ...}")
+                          file=config_source(source),
+                          fix="write each group as {NAME: ..., PREFIXES: [...], LR_RATIO: ...}")
     check_known_keys(entry, GROUP_KEYS, key_path=where, file=config_source(source))
     for required in ("NAME", "PREFIXES", "LR_RATIO"):
         if required not in entry:
@@ -142,7 +143,8 @@ def parse_differential_lr(optim_cfg: Mapping) -> DifferentialLRSpec:
         return DifferentialLRSpec(enabled=True, groups=_seed_groups(optim_cfg))
     if not isinstance(value, Mapping):
         raise ConfigError(f"must be True, False or a mapping, got {value!r}", key="OPTIMIZATION.DIFFERENTIAL_LR",
-                          file=config_source(src), fix="write DIFFERENTIAL_LR: True or DIFFERENTIAL_LR: {ENABLED: True, ...}")
+                          file=config_source(src),
+                          fix="write DIFFERENTIAL_LR: True or DIFFERENTIAL_LR: {ENABLED: True, ...}")
     check_known_keys(value, DIFFERENTIAL_KEYS, key_path="OPTIMIZATION.DIFFERENTIAL_LR", file=config_source(src))
     if not value.get("ENABLED", True):
         return DifferentialLRSpec(enabled=False)
@@ -395,7 +397,8 @@ class StepDecaySchedule:
     def lr_at(self, it: int) -> float:
         it = max(int(it), 0)
         if it < self.warmup_iters:
-            return self.warmup_start + (self.lr - self.warmup_start) * (1 - math.cos(math.pi * it / self.warmup_iters)) / 2
+            return self.warmup_start + (self.lr - self.warmup_start) * (
+                1 - math.cos(math.pi * it / self.warmup_iters)) / 2
         factor = 1.0
         for decay_it in self.decay_iters:
             if it >= decay_it:
