@@ -18,6 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from pcdet_rmae_ts.engine.checkpoint import load_checkpoint  # noqa: E402  (imports neither spconv nor pcdet)
+
 # The VoxelNeXt encoder's submodules (pcdet_rmae_ts.models.encoder.ENCODER_MODULES); listed here so
 # that the tool does not need spconv.
 ENCODER_MODULES = ("conv_input", "conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv_out", "shared_conv")
@@ -89,17 +92,10 @@ def format_report(exported: Dict[str, torch.Tensor], dropped: Sequence[str], wei
 
 
 def load_pretraining_checkpoint(path: Path, trust_pickle: bool = False) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as err:  # noqa: BLE001 - re-raised with the fix
-        if trust_pickle:
-            raise
-        raise ExportError(f"could not load {path} with weights_only=True ({type(err).__name__}: {err}). If you "
-                          f"trust this file (e.g. a stock OpenPCDet checkpoint with numpy values), add "
-                          f"--trust_checkpoint.") from err
+        checkpoint = load_checkpoint(Path(path), trust_pickle=trust_pickle)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise ExportError(str(err)) from err
     if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
         raise ExportError(f"{path} has no 'model_state' entry; it is not an OpenPCDet-layout checkpoint")
     return checkpoint
