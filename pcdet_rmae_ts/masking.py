@@ -129,13 +129,26 @@ def sector_index(xy: torch.Tensor, offset_deg: torch.Tensor, width: float, count
     return torch.clamp((rotated / width).long(), max=count - 1)
 
 
+def bin_sum(index: torch.Tensor, size: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(size,) sum of ``weights`` (float32; counts when None) per bin of (N,) long ``index``.
+
+    A scatter_add of ~1M rows into a few bins (samples, bands) serialises on the atomics of
+    those few addresses (~1 ms each on an H100); spreading each bin over 256 lanes, then
+    summing the lanes, removes the contention without a host sync (torch.bincount syncs)."""
+    lanes = 256
+    values = torch.ones_like(index, dtype=torch.float32) if weights is None else weights.float()
+    lane = torch.arange(index.shape[0], device=index.device) % lanes
+    out = torch.zeros(size * lanes, dtype=torch.float32, device=index.device)
+    out.scatter_add_(0, index * lanes + lane, values)
+    return out.view(size, lanes).sum(1)
+
+
 def rank_within_group(group: torch.Tensor, num_groups: int, generator: torch.Generator) -> torch.Tensor:
     """(N,) long random rank of each element among the elements of its group (0-based)."""
     n = group.shape[0]
     perm = torch.randperm(n, device=group.device, generator=generator)
     order = perm[torch.argsort(group[perm], stable=True)]
-    counts = torch.zeros(num_groups, dtype=torch.long, device=group.device)
-    counts.scatter_add_(0, group, torch.ones_like(group))
+    counts = bin_sum(group, num_groups).long()
     starts = torch.cumsum(counts, 0) - counts
     ranks = torch.empty_like(group)
     ranks[order] = torch.arange(n, device=group.device) - starts[group[order]]
@@ -206,9 +219,8 @@ class RadialMasker:
         cell = batch * num + sector
         if cfg.two_stage:
             probs = torch.tensor(cfg.band_probs, dtype=torch.float32, device=device)
-            mass = torch.zeros(batch_size * num, device=device).scatter_add_(0, cell, probs[band])
-            voxels = torch.zeros(batch_size, device=device).scatter_add_(
-                0, batch, torch.ones_like(batch, dtype=torch.float32))
+            mass = bin_sum(cell, batch_size * num, probs[band])
+            voxels = bin_sum(batch, batch_size)
             target = cfg.masked_ratio * voxels
         else:  # stage 1 only: a fraction masked_ratio of the non-empty sectors
             occupied = torch.zeros(batch_size * num, device=device).scatter_(0, cell, 1.0)
@@ -249,8 +261,7 @@ class RadialMasker:
         group = (batch * 3 + band) * 2 + in_selected.long()
         num_groups = batch_size * 6
         ranks = rank_within_group(group, num_groups, gen)
-        counts = torch.zeros(num_groups, device=batch.device).scatter_add_(
-            0, group, torch.ones_like(probs))
+        counts = bin_sum(group, num_groups)
         quota = torch.round(counts[group] * probs)
         return ranks.to(quota.dtype) < quota
 
@@ -259,9 +270,8 @@ class RadialMasker:
         floor = self.config.min_kept_voxels
         if floor == 0:
             return keep
-        ones = torch.ones_like(batch)
-        total = torch.zeros(batch_size, dtype=torch.long, device=batch.device).scatter_add_(0, batch, ones)
-        kept = torch.zeros_like(total).scatter_add_(0, batch, keep.long())
+        total = bin_sum(batch, batch_size).long()
+        kept = bin_sum(batch, batch_size, keep).long()
         deficit = (torch.clamp(total, max=floor) - kept).clamp(min=0)
         group = batch * 2 + keep.long()  # rank the masked voxels of each sample
         ranks = rank_within_group(group, batch_size * 2, gen)
@@ -270,18 +280,18 @@ class RadialMasker:
     def _stats(self, keep, batch, band, batch_size) -> Dict[str, torch.Tensor]:
         masked = (~keep).float()
         stats = {"mask_ratio": masked.mean() if keep.numel() else masked.new_zeros(())}
-        per_sample = torch.zeros(batch_size, device=keep.device).scatter_add_(0, batch, masked)
-        counts = torch.zeros(batch_size, device=keep.device).scatter_add_(0, batch, torch.ones_like(masked))
+        per_sample = bin_sum(batch, batch_size, masked)
+        counts = bin_sum(batch, batch_size)
         nonempty = counts > 0
         ratio = per_sample[nonempty] / counts[nonempty]
         stats["mask_ratio_sample_mean"] = ratio.mean() if ratio.numel() else masked.new_zeros(())
         stats["mask_ratio_sample_min"] = ratio.min() if ratio.numel() else masked.new_zeros(())
-        band_masked = torch.zeros(3, device=keep.device).scatter_add_(0, band, masked)
-        band_total = torch.zeros(3, device=keep.device).scatter_add_(0, band, torch.ones_like(masked))
+        band_masked = bin_sum(band, 3, masked)
+        band_total = bin_sum(band, 3)
         for i, name in enumerate(BANDS):
             stats[f"mask_ratio_{name.lower()}"] = band_masked[i] / band_total[i].clamp(min=1.0)
         return stats
 
 
 __all__ = ["MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg", "voxel_centres_xy",
-           "sector_index", "rank_within_group", "MASKING_KEYS", "BANDS"]
+           "sector_index", "rank_within_group", "bin_sum", "MASKING_KEYS", "BANDS"]
