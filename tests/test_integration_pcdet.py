@@ -144,3 +144,86 @@ def test_hook_on_real_train_utils(monkeypatch):
     finally:
         optimization.build_optimizer, optimization.build_scheduler = originals
     sys.modules.pop("train_utils.optimization", None)
+
+
+def _stock_voxelnext_cfg():
+    """The shipped fine-tune config turned into a stock OpenPCDet VoxelNeXt (no plugin classes)."""
+    cfg = cfg_from_yaml_file(FINETUNE)
+    cfg.MODEL.NAME = "VoxelNeXt"
+    cfg.MODEL.BACKBONE_3D = EasyDict({"NAME": "VoxelResBackBone8xVoxelNeXt"})
+    return cfg
+
+
+@pytest.mark.parametrize("target", ["plugin", "stock"])
+def test_pretraining_checkpoint_loads_into_finetune_models_cpu(monkeypatch, tmp_path, caplog, target):
+    """--pretrained_model path, on the CPU: VoxelNeXtHead's constructor calls .cuda(), made a no-op here
+    (the contract's test technique); everything else is OpenPCDet's own code."""
+    from pcdet_rmae_ts.models.pretrain_model import PretrainModel
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    pre_cfg = cfg_from_yaml_file(PRETRAIN)
+    pre_cfg.MODEL.BACKBONE_3D.TEACHER_BACKBONE_TYPE = "ema"
+    stub = DatasetStub(pre_cfg)
+    pre = PretrainModel(pre_cfg.MODEL, 3, stub.grid_size, stub.voxel_size, stub.point_cloud_range)
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(torch.randn_like(p))  # weights a fresh model cannot have by chance
+    ckpt = save_checkpoint(checkpoint_state(pre, epoch=1, it=1), tmp_path / "pre.pth")
+    if target == "plugin":
+        cfg, model = _build(FINETUNE, monkeypatch)
+    else:
+        cfg = _stock_voxelnext_cfg()
+        model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=4, dataset=DatasetStub(cfg))
+        assert type(model).__name__ == "VoxelNeXt"
+    with caplog.at_level(logging.INFO):
+        model.load_params_from_file(str(ckpt), logger=logging.getLogger("pcdet-load"), to_cpu=True)
+    own = model.state_dict()
+    encoder = pre.backbone_3d.encoder_state_dict()
+    for key, value in encoder.items():
+        assert torch.equal(own[f"backbone_3d.{key}"], value), key
+    not_updated = [r.message for r in caplog.records if r.message.startswith("Not updated weight")]
+    assert not any("backbone_3d" in m for m in not_updated), not_updated
+    assert all("dense_head" in m for m in not_updated)
+
+
+def _finetune_batch(device, batch_size=2, seed=0):
+    batch = _batch(batch_size=batch_size, n=3000, seed=seed)
+    boxes = torch.tensor([[2.0, 1.0, 0.5, 8.0, 3.5, 4.0, 0.3, 1.0],
+                          [-4.0, -3.0, 0.2, 9.0, 3.2, 3.2, -1.0, 2.0],
+                          [3.0, -5.0, 0.0, 5.5, 2.2, 3.0, 1.2, 4.0]])
+    batch["gt_boxes"] = boxes[None].repeat(batch_size, 1, 1)
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize("target", ["plugin", "stock"])
+def test_finetune_forward_backward_and_eval_on_gpu(monkeypatch, target):
+    if target == "plugin":
+        cfg, model = _build(FINETUNE, monkeypatch)
+    else:
+        cfg = _stock_voxelnext_cfg()
+        model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=4, dataset=DatasetStub(cfg))
+    model.cuda().train()
+    ret, tb_dict, _ = model(_finetune_batch("cuda"))
+    assert torch.isfinite(ret["loss"]) and "hm_loss_head_0" in tb_dict and "loc_loss_head_0" in tb_dict
+    ret["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    model.eval()
+    with torch.no_grad():
+        pred_dicts, recall_dicts = model(_finetune_batch("cuda", seed=1))
+    assert len(pred_dicts) == 2 and {"pred_boxes", "pred_scores", "pred_labels"} <= set(pred_dicts[0])
+    assert "gt" in recall_dicts
+
+
+@NEEDS_GPU
+def test_detection_weight_scales_the_head_loss(monkeypatch):
+    torch.manual_seed(0)
+    cfg, model = _build(FINETUNE, monkeypatch)
+    model.cuda().train()
+    batch = _finetune_batch("cuda")
+    base, _, _ = model({k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()})
+    model.detection_weight = 0.5
+    model.backbone_3d.eval(), model.dense_head.eval()  # same BN statistics for both passes
+    half, _, _ = model({k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()})
+    torch.testing.assert_close(half["loss"], 0.5 * base["loss"], rtol=1e-3, atol=1e-4)

@@ -53,6 +53,9 @@ def seed_worker(worker_id: int, seed: int, rank: int) -> None:
     np.random.seed(worker_seed)
     random.seed(worker_seed)
     torch.manual_seed(worker_seed)
+    # Each worker voxelises one frame at a time; torch's default of one thread per core in every
+    # worker oversubscribes the CPU (4 workers x 16 threads on a 16-core host).
+    torch.set_num_threads(1)
 
 
 def build_dataloader(dataset_cfg: Mapping[str, Any], class_names: Sequence[str] | None, batch_size: int,

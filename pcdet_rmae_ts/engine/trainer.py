@@ -72,9 +72,20 @@ class Trainer:
             state.skip_batches = 0
             bar.update(1)
             self._log_mask_image(state)
+            self._sync_buffers()
             self._epoch_checkpoint(state)
         bar.close()
         return state
+
+    def _sync_buffers(self) -> None:
+        """Under DDP, give every rank rank 0's buffers (BN statistics of student and EMA teacher).
+
+        DDP broadcasts buffers at the start of each forward, but the EMA update copies each rank's
+        own student statistics into the teacher after the last step; without this the ranks would
+        end an epoch (and training) with different teacher buffers."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in unwrap(self.model).buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def train_one_epoch(self, state: TrainState) -> None:
         self.sampler.set_epoch(state.epoch)

@@ -182,15 +182,17 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         self._forward_calls += 1
         if not (self.pretraining and self.training):
             return super().forward(batch_dict)
+        ret = {"coords": coords, "batch_size": batch_size}
+        if self._teacher_runs(step):
+            # Before the student: the teacher's no-grad intermediates are freed before the student's
+            # activations (kept for backward) are allocated, which lowers the peak memory.
+            ret["teacher"] = self._teacher_forward(features, coords, batch_size)
+            batch_dict["teacher_outputs"] = ret["teacher"]
         mask = self.masker(coords, batch_size)
         student = self.encode(features[mask.keep], coords[mask.keep], batch_size)
         batch_dict.update(student)
-        logits = self.occupancy_decoder(self._occupancy_source_tensor(student), batch_size)
-        ret = {"mask": mask, "student": student, "occupancy_logits": logits, "coords": coords,
-               "batch_size": batch_size}
-        if self._teacher_runs(step):
-            ret["teacher"] = self._teacher_forward(features, coords, batch_size)
-            batch_dict["teacher_outputs"] = ret["teacher"]
+        ret.update(mask=mask, student=student,
+                   occupancy_logits=self.occupancy_decoder(self._occupancy_source_tensor(student), batch_size))
         batch_dict["rmae_mask"] = mask
         self.forward_ret_dict = ret
         return batch_dict
