@@ -166,6 +166,7 @@ class RadialMasker:
         self.seed = seed
         self._generators: Dict[str, torch.Generator] = {}
         self._warned_unreachable = False
+        self._calls = 0
 
     def generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
@@ -241,7 +242,12 @@ class RadialMasker:
         return selected
 
     def _warn_unreachable(self, reachable: torch.Tensor) -> None:
-        if not self._warned_unreachable and not bool(reachable.all()):
+        """Log once when a sample cannot reach the ratio. Reading the flag syncs with the device, so it
+        is read on the first calls and then every 50th, not on every training step."""
+        self._calls += 1
+        if self._warned_unreachable or (self._calls > 5 and self._calls % 50):
+            return
+        if not bool(reachable.all()):
             logger.warning(
                 "Masking: RANGE_MASK_PROBS %s cannot reach MASKED_RATIO %.2f for some samples even with "
                 "every sector selected; all sectors are used for those samples (their achieved ratio is "
@@ -282,10 +288,12 @@ class RadialMasker:
         stats = {"mask_ratio": masked.mean() if keep.numel() else masked.new_zeros(())}
         per_sample = bin_sum(batch, batch_size, masked)
         counts = bin_sum(batch, batch_size)
-        nonempty = counts > 0
-        ratio = per_sample[nonempty] / counts[nonempty]
-        stats["mask_ratio_sample_mean"] = ratio.mean() if ratio.numel() else masked.new_zeros(())
-        stats["mask_ratio_sample_min"] = ratio.min() if ratio.numel() else masked.new_zeros(())
+        # masked reductions instead of boolean indexing: no host sync on the training step
+        nonempty = (counts > 0).float()
+        ratio = per_sample / counts.clamp(min=1.0)
+        stats["mask_ratio_sample_mean"] = (ratio * nonempty).sum() / nonempty.sum().clamp(min=1.0)
+        stats["mask_ratio_sample_min"] = torch.where(nonempty > 0, ratio, torch.ones_like(ratio)).min() \
+            if batch_size else masked.new_zeros(())
         band_masked = bin_sum(band, 3, masked)
         band_total = bin_sum(band, 3)
         for i, name in enumerate(BANDS):

@@ -150,15 +150,16 @@ def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, valid: Optional[t
 @torch.no_grad()
 def occupancy_metrics(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
                       prefix: str = "occ") -> Dict[str, torch.Tensor]:
-    """Accuracy, precision, recall and positive ratio over the cells where ``region`` is True."""
-    region = region.expand_as(target)
-    pred = (logits > 0)[region]
-    truth = (target > 0.5)[region]
-    tp = (pred & truth).sum().float()
-    count = torch.tensor(float(pred.numel()), device=logits.device).clamp(min=1.0)
+    """Accuracy, precision, recall and positive ratio over the cells where ``region`` is True
+    (masked sums rather than boolean indexing, so no host sync on the training step)."""
+    weight = region.expand_as(target).float()
+    pred = (logits > 0).float()
+    truth = (target > 0.5).float()
+    tp = (pred * truth * weight).sum()
+    count = weight.sum().clamp(min=1.0)
     return {
-        f"{prefix}_acc": (pred == truth).sum().float() / count,
-        f"{prefix}_precision": tp / pred.sum().float().clamp(min=1.0),
-        f"{prefix}_recall": tp / truth.sum().float().clamp(min=1.0),
-        f"{prefix}_pos_ratio": truth.sum().float() / count,
+        f"{prefix}_acc": ((pred == truth).float() * weight).sum() / count,
+        f"{prefix}_precision": tp / (pred * weight).sum().clamp(min=1.0),
+        f"{prefix}_recall": tp / (truth * weight).sum().clamp(min=1.0),
+        f"{prefix}_pos_ratio": (truth * weight).sum() / count,
     }

@@ -236,3 +236,30 @@ def test_loader_eval_keeps_order_and_last_batch(tmp_path):
                                           training=False)
     ids = [fid for batch in loader for fid in batch["frame_id"].tolist()]
     assert ids == [f"{i:03d}" for i in range(5)]
+
+
+def test_loader_can_hand_over_torch_tensors(tmp_path):
+    """as_tensors=True: same batch as the numpy layout, as tensors (shared-memory hand-over from workers)."""
+    import torch
+    from easydict import EasyDict
+
+    from pcdet_rmae_ts.data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "d", 4, seed=1)
+    cfg = EasyDict(yaml.safe_load(
+        "DATA_PATH: x\nPOINT_CLOUD_RANGE: [-20, -20, -3, 20, 20, 5]\nDATA_SPLIT: {train: train, test: val}\n"
+        "POINT_FEATURE_ENCODING: {encoding_type: absolute_coordinates_encoding, used_feature_list: [x, y, z],"
+        " src_feature_list: [x, y, z, intensity]}\n"
+        "DATA_PROCESSOR:\n  - {NAME: transform_points_to_voxels, VOXEL_SIZE: [0.2, 0.2, 0.2], MAX_POINTS_PER_VOXEL: 5,"
+        " MAX_NUMBER_OF_VOXELS: {train: 40000, test: 40000}}\n"))
+    cfg.DATA_PATH = str(tmp_path / "d")
+    batches = []
+    for as_tensors in (False, True):
+        _, loader, sampler = build_dataloader(cfg, None, 2, workers=1, seed=0, training=True, as_tensors=as_tensors)
+        sampler.set_epoch(0)
+        batches.append(next(iter(loader)))
+    numpy_batch, tensor_batch = batches
+    assert isinstance(tensor_batch["voxels"], torch.Tensor) and isinstance(numpy_batch["voxels"], np.ndarray)
+    for key in ("points", "voxels", "voxel_coords", "voxel_num_points"):
+        assert np.array_equal(tensor_batch[key].numpy(), numpy_batch[key]), key
+    assert list(tensor_batch["frame_id"]) == list(numpy_batch["frame_id"])

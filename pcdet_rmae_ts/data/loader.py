@@ -58,14 +58,26 @@ def seed_worker(worker_id: int, seed: int, rank: int) -> None:
     torch.set_num_threads(1)
 
 
+def collate_as_tensors(collate: Any, batch_list: list) -> dict:
+    """``collate`` (OpenPCDet's numpy layout) with numeric arrays turned into torch tensors.
+
+    Worker processes hand tensors to the main process through shared memory, numpy arrays through
+    a pickle pipe; at the user's grid a batch of 8 is ~120 MB, and the copy was the loader's
+    bottleneck (2 workers on 2 CPU cores: 8.2 -> 11.1 frames/s)."""
+    batch = collate(batch_list)
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" else value
+            for key, value in batch.items()}
+
+
 def build_dataloader(dataset_cfg: Mapping[str, Any], class_names: Sequence[str] | None, batch_size: int,
                      dist: bool = False, workers: int = 4, seed: int = 0, training: bool = True,
                      logger: logging.Logger | None = None, root_path: Any = None, split: str | None = None,
                      pin_memory: bool | None = None, multiprocessing_context: Any = None,
-                     ) -> tuple[PretrainDataset, DataLoader, EpochSampler]:
+                     as_tensors: bool = False) -> tuple[PretrainDataset, DataLoader, EpochSampler]:
     """Build (dataset, loader, sampler). Training drops the last incomplete batch and shuffles.
 
     ``pin_memory`` defaults to CUDA availability; workers persist when ``workers > 0``.
+    ``as_tensors``: batches hold torch tensors instead of numpy arrays (same keys, shapes, dtypes).
     """
     dataset = PretrainDataset(dataset_cfg, class_names, training=training, root_path=root_path,
                               logger=logger, split=split, seed=seed)
@@ -73,7 +85,8 @@ def build_dataloader(dataset_cfg: Mapping[str, Any], class_names: Sequence[str] 
     rank = torch.distributed.get_rank() if dist else 0
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=dataset.collate_batch, drop_last=training, shuffle=False,
+        collate_fn=functools.partial(collate_as_tensors, dataset.collate_batch) if as_tensors
+        else dataset.collate_batch, drop_last=training, shuffle=False,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
         persistent_workers=workers > 0, multiprocessing_context=multiprocessing_context if workers > 0 else None,

@@ -141,7 +141,8 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     from ..optim import build_scheduler, create_optimizer_with_differential_lr
 
     dataset, loader, sampler = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size, dist=distributed,
-                                                workers=args.workers, seed=args.seed, training=True, logger=logger)
+                                                workers=args.workers, seed=args.seed, training=True, logger=logger,
+                                                as_tensors=True)
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training frames are fewer than one batch of {batch_size} per process "
                          f"x {world_size} processes; lower --batch_size or add data.")

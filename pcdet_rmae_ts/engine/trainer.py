@@ -117,16 +117,18 @@ class Trainer:
         """scheduler -> forward -> backward -> clip -> optimizer step -> global step -> EMA teacher."""
         self.scheduler.step(state.it, state.epoch)
         batch = batch_to_device(batch, self.device)
+        batch["global_step"] = state.it
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.loop.amp):
             loss, tb_dict = self.model(batch)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_norm_clip)
+        # Checked once the backward is queued (one device sync per step), before the weights change.
         if not torch.isfinite(loss):
             raise FloatingPointError(f"Non-finite loss {float(loss)} at iteration {state.it} "
                                      f"(frames {list(batch.get('frame_id', []))}); terms: "
                                      f"{ {k: float(v) for k, v in tb_dict.items()} }")
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_norm_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         inner = unwrap(self.model)

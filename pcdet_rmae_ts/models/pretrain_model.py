@@ -78,7 +78,8 @@ class PretrainModel(nn.Module):
 
     def forward(self, batch_dict: dict):
         """Training: ``(loss, tb_dict)``; eval: the batch_dict with the encoder outputs."""
-        batch_dict["global_step"] = int(self.global_step.item())
+        if "global_step" not in batch_dict:  # the trainer passes it as a Python int (no device sync)
+            batch_dict["global_step"] = int(self.global_step.item())
         batch_dict = self.backbone_3d(self.vfe(batch_dict))
         if not self.training:
             return batch_dict
