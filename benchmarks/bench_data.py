@@ -62,7 +62,7 @@ def bench_in_process(cfg: easydict.EasyDict, repeats: int) -> dict:
 
 def bench_loader(cfg: easydict.EasyDict, workers: int, batch_size: int, repeats: int) -> dict:
     _, loader, sampler = build_dataloader(cfg, CLASSES, batch_size=batch_size, workers=workers, seed=0,
-                                          training=True, pin_memory=False)
+                                          training=True, pin_memory=False, as_tensors=True)  # as the engine
     sampler.set_epoch(0)
     for _ in loader:  # warm-up epoch: worker start, spconv import, hash allocation
         pass
