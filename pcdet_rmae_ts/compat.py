@@ -15,8 +15,12 @@ spconv 2.3.8 on a CPU-only torch, see ``shared/reference/README.md``):
    bias": in eval mode spconv fuses the bias into its CPU kernel, which cannot).
    Fix: for CPU inputs in eval mode the conv runs without the bias and adds it
    afterwards, which is exactly what spconv does in train mode.
+4. **CPU tensors with a CUDA build of spconv** ("implicit gemm only support cuda"):
+   CUDA builds give every conv the implicit-GEMM algorithm, which has no CPU kernel,
+   so ``--device cpu`` on a GPU machine fails. Fix: convs called with CPU tensors use
+   spconv's native algorithm for that call (weights have the same layout for both).
 
-``apply_spconv_cpu_fixes()`` installs all three; it is idempotent and is called
+``apply_spconv_cpu_fixes()`` installs all four; it is idempotent and is called
 when the encoder is imported. ``spconv_cpu_fixes_installed()`` reports it. Setting
 ``PCDET_RMAE_TS_NO_SPCONV_FIXES=1`` leaves spconv untouched (to reproduce the faults).
 """
@@ -106,19 +110,28 @@ def _null_stream_without_cuda(fn: Callable) -> Callable:
     return wrapper
 
 
-def _bias_after_conv_on_cpu(forward: Callable) -> Callable:
-    """``SparseConvolution.forward`` that adds the bias itself for CPU eval (fix 3)."""
+def _cpu_safe_conv_forward(forward: Callable) -> Callable:
+    """``SparseConvolution.forward`` for CPU tensors: native algorithm (fix 4) and, in eval mode,
+    the bias added after the conv (fix 3). CUDA tensors take spconv's own path unchanged."""
+    native = importlib.import_module("spconv.core").ConvAlgo.Native
 
     @functools.wraps(forward)
     def wrapper(self, input, add_input=None):
-        if self.training or self.bias is None or input.features.is_cuda:
+        if input.features.is_cuda:
             return forward(self, input, add_input)
-        out = self._conv_forward(
-            False, input, self.weight, None, add_input,
-            name=self.name, sparse_unique_name=self._sparse_unique_name,
-            act_type=self.act_type, act_alpha=self.act_alpha, act_beta=self.act_beta,
-        )
-        return out.replace_feature(out.features + self.bias)
+        algo = self.algo
+        self.algo = native
+        try:
+            if self.training or self.bias is None:
+                return forward(self, input, add_input)
+            out = self._conv_forward(
+                False, input, self.weight, None, add_input,
+                name=self.name, sparse_unique_name=self._sparse_unique_name,
+                act_type=self.act_type, act_alpha=self.act_alpha, act_beta=self.act_beta,
+            )
+            return out.replace_feature(out.features + self.bias)
+        finally:
+            self.algo = algo
 
     wrapper.__rmae_cpu_fix__ = True
     return wrapper
@@ -131,7 +144,7 @@ def _patch(module: Any, name: str, make: Callable[[Callable], Callable]) -> None
 
 
 def apply_spconv_cpu_fixes() -> None:
-    """Install the three CPU fixes into spconv (idempotent, no effect on GPU calls)."""
+    """Install the four CPU fixes into spconv (idempotent, no effect on GPU calls)."""
     global _INSTALLED
     if _INSTALLED or os.environ.get("PCDET_RMAE_TS_NO_SPCONV_FIXES") == "1":
         return
@@ -148,7 +161,7 @@ def apply_spconv_cpu_fixes() -> None:
     for name in _THREAD_SENSITIVE_OPS:
         if hasattr(ops, name):
             _patch(ops, name, _single_threaded_on_cpu)
-    _patch(conv.SparseConvolution, "forward", _bias_after_conv_on_cpu)
+    _patch(conv.SparseConvolution, "forward", _cpu_safe_conv_forward)
     _INSTALLED = True
 
 

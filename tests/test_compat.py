@@ -126,3 +126,18 @@ def test_importing_the_package_imports_neither_spconv_nor_pcdet():
     result = _run_python("import sys, pcdet_rmae_ts; print(sorted(m for m in sys.modules "
                          "if m.split('.')[0] in ('spconv', 'pcdet')))")
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fix 4 concerns CUDA builds of spconv (GPU machine)")
+def test_cpu_tensors_run_with_a_cuda_build_of_spconv():
+    """Fix 4: CUDA builds default to implicit GEMM, which has no CPU kernel."""
+    net = spconv.SparseSequential(spconv.SubMConv3d(4, 8, 3, padding=1, indice_key="a"),
+                                  spconv.SparseConv3d(8, 8, 3, stride=2, padding=1))
+    x = _random_sparse(6)
+    x.features.requires_grad_(True)
+    cpu_out = net(x)
+    cpu_out.features.sum().backward()
+    gpu_net = net.cuda()
+    gpu_x = spconv.SparseConvTensor(x.features.detach().cuda(), x.indices.cuda(), x.spatial_shape, x.batch_size)
+    with torch.no_grad():
+        torch.testing.assert_close(gpu_net(gpu_x).dense().cpu(), cpu_out.dense().detach(), rtol=1e-3, atol=1e-3)
