@@ -85,6 +85,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.root_path = Path(root_path if root_path is not None else dataset_cfg["DATA_PATH"])
         self.split = split or str(dict(dataset_cfg.get("DATA_SPLIT", {})).get(self.mode, self.mode))
         self.policy = BadSamplePolicy.from_cfg(dataset_cfg)
+        # VOXELIZE_ON_DEVICE: workers only read, augment and crop; the training process voxelises
+        # the whole batch on its device (data/device_voxelizer.py).
+        self.voxelize_on_device = bool(dataset_cfg.get("VOXELIZE_ON_DEVICE", False))
         self.seed = int(seed)
         self.epoch = 0
         self.point_cloud_range = np.asarray(dataset_cfg["POINT_CLOUD_RANGE"], dtype=np.float32)
@@ -92,7 +95,8 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.data_augmentor = (PointAugmentor(dataset_cfg.get("DATA_AUGMENTOR", {}) or {}, logger=self._log)
                                if training else None)
         self.data_processor = DataProcessor(dataset_cfg.get("DATA_PROCESSOR", []), self.point_cloud_range,
-                                            training, self.point_feature_encoder.num_point_features)
+                                            training, self.point_feature_encoder.num_point_features,
+                                            defer_voxelization=self.voxelize_on_device)
         self.grid_size = self.data_processor.grid_size
         self.voxel_size = self.data_processor.voxel_size
         self.depth_downsample_factor = None

@@ -74,8 +74,12 @@ class DataProcessor:
     SUPPORTED = ("mask_points_and_boxes_outside_range", "shuffle_points", "transform_points_to_voxels")
 
     def __init__(self, processor_configs: Sequence[Mapping[str, Any]], point_cloud_range: np.ndarray,
-                 training: bool, num_point_features: int, cfg_path: str = "DATA_CONFIG.DATA_PROCESSOR") -> None:
+                 training: bool, num_point_features: int, cfg_path: str = "DATA_CONFIG.DATA_PROCESSOR",
+                 defer_voxelization: bool = False) -> None:
+        """``defer_voxelization``: leave ``transform_points_to_voxels`` to the training process
+        (``VOXELIZE_ON_DEVICE``, see ``data/device_voxelizer.py``); samples then carry points only."""
         self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float32)
+        self.defer_voxelization = defer_voxelization
         self.training = training
         self.mode = "train" if training else "test"
         self.num_point_features = num_point_features
@@ -153,6 +157,17 @@ class DataProcessor:
                 data_dict["points"] = self.mask_points_outside_range(points, source)
             elif name == "shuffle_points" and self.shuffle:
                 data_dict["points"] = points[rng.permutation(len(points))]
+            elif name == "transform_points_to_voxels" and self.defer_voxelization:
+                self.check_voxels_exist(points, source)
             elif name == "transform_points_to_voxels":
                 data_dict.update(self.voxelize(points, source))
         return data_dict
+
+    def check_voxels_exist(self, points: np.ndarray, source: str) -> None:
+        """The BadSampleError ``voxelize`` would raise, for deferred voxelisation: no point inside
+        the full 3D range (upper bounds exclusive, as in the voxel grid)."""
+        r = self.point_cloud_range
+        inside = np.all((points[:, :3] >= r[:3]) & (points[:, :3] < r[3:]), axis=1)
+        if not inside.any():
+            raise BadSampleError(f"{source}: no point falls inside POINT_CLOUD_RANGE {r.tolist()}, "
+                                 f"so there are no voxels")

@@ -4,16 +4,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# ``points`` stays on the host: the pretraining model reads voxels only, and the raw points of a
-# batch of 8 dense frames are ~44 MB of host-to-device copy per step.
-KEEP_AS_IS = ("frame_id", "metadata", "calib", "batch_size", "points")
+KEEP_AS_IS = ("frame_id", "metadata", "calib", "batch_size")
+# The pretraining model reads voxels only: unless they are voxelised on the device, the raw points
+# of a batch (~44 MB for 8 dense frames) stay on the host.
+HOST_ONLY = ("points",)
 INTEGER_KEYS = ("voxel_coords", "voxel_num_points")
 
 
-def batch_to_device(batch: dict, device: torch.device) -> dict:
+def batch_to_device(batch: dict, device: torch.device, keep_on_host: tuple = HOST_ONLY) -> dict:
     out = {}
     for key, value in batch.items():
-        if key in KEEP_AS_IS or not isinstance(value, (np.ndarray, torch.Tensor)):
+        if key in KEEP_AS_IS or key in keep_on_host or not isinstance(value, (np.ndarray, torch.Tensor)):
             out[key] = value
             continue
         tensor = torch.as_tensor(value)

@@ -173,7 +173,13 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
                       max_ckpt_save_num=args.max_ckpt_save_num,
                       ckpt_save_time_interval=args.ckpt_save_time_interval, amp=amp,
                       vis_interval=int(optim_cfg.get("VIS_INTERVAL", 0)))
-    trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, rank, scaler)
+    voxelizer = None
+    if dataset.voxelize_on_device:
+        from ..data.device_voxelizer import BatchVoxelizer
+        voxelizer = BatchVoxelizer.from_dataset(dataset)
+        logger.info("Voxelising each batch on %s (DATA_CONFIG.VOXELIZE_ON_DEVICE)", device)
+    trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, rank, scaler,
+                      voxelizer=voxelizer)
     logger.info("**********************Start training %s/%s(%s)**********************",
                 cfg.EXP_GROUP_PATH, cfg.TAG, args.extra_tag)
     trainer.train(state)

@@ -53,11 +53,13 @@ class SkipFirst(torch.utils.data.Sampler):
 
 class Trainer:
     def __init__(self, model: nn.Module, optimizer, scheduler, loader, sampler, device: torch.device,
-                 loop: LoopConfig, logger: logging.Logger, tb_writer=None, rank: int = 0, scaler=None):
+                 loop: LoopConfig, logger: logging.Logger, tb_writer=None, rank: int = 0, scaler=None,
+                 voxelizer=None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loader, self.sampler, self.device = loader, sampler, device
         self.loop, self.logger, self.tb, self.rank = loop, logger, tb_writer, rank
         self.scaler = scaler
+        self.voxelizer = voxelizer  # BatchVoxelizer when DATA_CONFIG.VOXELIZE_ON_DEVICE
         self.iters_per_epoch = len(loader)
         self.total_iters = self.iters_per_epoch * loop.total_epochs
         self._last_time_ckpt = time.time()
@@ -116,7 +118,11 @@ class Trainer:
     def train_step(self, batch: dict, state: TrainState) -> dict:
         """scheduler -> forward -> backward -> clip -> optimizer step -> global step -> EMA teacher."""
         self.scheduler.step(state.it, state.epoch)
-        batch = batch_to_device(batch, self.device)
+        if self.voxelizer is None:
+            batch = batch_to_device(batch, self.device)
+        else:
+            batch = batch_to_device(batch, self.device, keep_on_host=())
+            batch.update(self.voxelizer(batch["points"], batch["batch_size"]))
         batch["global_step"] = state.it
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.loop.amp):

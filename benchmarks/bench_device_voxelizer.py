@@ -1,0 +1,77 @@
+"""Loader throughput with voxelisation in the workers vs on the device (VOXELIZE_ON_DEVICE).
+
+At the user's grid (dense synthetic frames), in the same run: frames/s of the training loader
+(default 4 workers, batch 8) when the workers voxelise, frames/s when they only read/augment/crop,
+and the device time of voxelising one collated batch with BatchVoxelizer.
+
+    PYTHONPATH=. python benchmarks/bench_device_voxelizer.py [--data DIR] [--workers 4] [--out r.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import bench_loader, isarc_cfg  # noqa: E402
+
+from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
+from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer  # noqa: E402
+from pcdet_rmae_ts.data.synthetic import write_dataset  # noqa: E402
+
+
+def time_voxelizer(cfg, batch_size: int, device: torch.device, repeats: int = 10) -> float:
+    dataset, loader, sampler = build_dataloader(cfg, None, batch_size, workers=0, seed=0, as_tensors=True)
+    sampler.set_epoch(0)
+    points = next(iter(loader))["points"].to(device)
+    voxelizer = BatchVoxelizer.from_dataset(dataset)
+    times = []
+    for _ in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        voxelizer(points, batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[2:])[len(times[2:]) // 2] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    data = Path(args.data or tempfile.mkdtemp()) / "dense"
+    if not (data / "ImageSets").exists():
+        write_dataset(data, args.frames, seed=0, profile="dense")
+    cfg = isarc_cfg(str(data))
+    deferred = copy.deepcopy(cfg)
+    deferred.VOXELIZE_ON_DEVICE = True
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = {
+        "loader_voxelising_fps": bench_loader(cfg, args.workers, args.batch_size, repeats=2)["frames_per_s"],
+        "loader_points_only_fps": bench_loader(deferred, args.workers, args.batch_size, repeats=2)["frames_per_s"],
+        "device_voxelize_ms_per_batch": time_voxelizer(deferred, args.batch_size, device),
+    }
+    rows["device_voxelize_fps"] = args.batch_size / rows["device_voxelize_ms_per_batch"] * 1000
+    print(f"device {device}, workers {args.workers}, batch {args.batch_size}")
+    for key, value in rows.items():
+        print(f"{key:<32}{value:>10.1f}")
+    ratio = rows["loader_points_only_fps"] / rows["loader_voxelising_fps"]
+    print(f"points-only loader / voxelising loader: {ratio:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": str(device), **vars(args), **rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
