@@ -41,12 +41,18 @@ class DatasetStub:
         self.depth_downsample_factor = None
 
 
+def _set_global_cfg(monkeypatch, global_cfg, cfg) -> None:
+    """What OpenPCDet's train.py does (cfg_from_yaml_file into pcdet.config.cfg), undone after the test.
+    setitem, not setattr: pcdet's cfg is an EasyDict, whose delattr would leave the dict key behind."""
+    monkeypatch.setitem(global_cfg, "MODEL", cfg.MODEL)
+    monkeypatch.setitem(global_cfg, "LOSS_CONFIG", cfg.get("LOSS_CONFIG"))
+
+
 def _build(cfg_file, monkeypatch):
     from pcdet.config import cfg as global_cfg
 
     cfg = cfg_from_yaml_file(cfg_file)
-    monkeypatch.setattr(global_cfg, "MODEL", cfg.MODEL, raising=False)
-    monkeypatch.setattr(global_cfg, "LOSS_CONFIG", cfg.get("LOSS_CONFIG"), raising=False)
+    _set_global_cfg(monkeypatch, global_cfg, cfg)
     pcdet_rmae_ts.register()
     model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=DatasetStub(cfg))
     return cfg, model
@@ -94,7 +100,7 @@ def test_ema_applied_once_per_optimizer_step(monkeypatch):
     cfg = cfg_from_yaml_file(PRETRAIN)
     cfg.MODEL.BACKBONE_3D.TEACHER_BACKBONE_TYPE = "ema"
     from pcdet.config import cfg as global_cfg
-    monkeypatch.setattr(global_cfg, "MODEL", cfg.MODEL, raising=False)
+    _set_global_cfg(monkeypatch, global_cfg, cfg)
     pcdet_rmae_ts.register()
     model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=4, dataset=DatasetStub(cfg))
     model.set_total_steps(10)
@@ -224,3 +230,55 @@ def test_detection_weight_scales_the_head_loss(monkeypatch):
     ret, tb_dict, _ = model(_finetune_batch("cuda"))
     torch.testing.assert_close(ret["loss"], 0.5 * torch.as_tensor(tb_dict["rpn_loss"], device="cuda"),
                                rtol=1e-5, atol=1e-6)
+
+
+def _numpy_batch(seed: int, with_boxes: bool) -> dict:
+    batch = _finetune_batch("cpu", seed=seed) if with_boxes else _batch(seed=seed)
+    return {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("config", ["finetune", "pretrain"])
+def test_stock_train_one_epoch_with_differential_lr_cpu(monkeypatch, config):
+    """OpenPCDet's own train_one_epoch + model_fn_decorator with our optimizer/scheduler hook, on the CPU
+    (Tensor.cuda made a no-op: the loop and VoxelNeXtHead call .cuda()). Checks the scheduler's step
+    convention, the LR the loop reads, per-group ratios, global_step and (pretraining) the EMA steps."""
+    from pcdet_rmae_ts.integration import pcdet as integ
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.syspath_prepend(str(integ.find_pcdet_tools()))
+    optimization = importlib.import_module("train_utils.optimization")
+    train_utils = importlib.import_module("train_utils.train_utils")
+    originals = optimization.build_optimizer, optimization.build_scheduler
+    try:
+        integ.install_optimizer_hook(optimization)
+        cfg_file = FINETUNE if config == "finetune" else PRETRAIN
+        cfg = cfg_from_yaml_file(cfg_file)
+        if config == "pretrain":
+            cfg.MODEL.BACKBONE_3D.TEACHER_BACKBONE_TYPE = "ema"
+        from pcdet.config import cfg as global_cfg
+        _set_global_cfg(monkeypatch, global_cfg, cfg)
+        pcdet_rmae_ts.register()
+        model = pcdet_models.build_network(model_cfg=cfg.MODEL, num_class=4, dataset=DatasetStub(cfg))
+        optim_cfg = cfg_from_yaml_file(FINETUNE).OPTIMIZATION  # DIFFERENTIAL_LR: backbone 0.1, head 2.0
+        optimizer = optimization.build_optimizer(model, optim_cfg)
+        iters = 3
+        scheduler, _ = optimization.build_scheduler(optimizer, total_iters_each_epoch=iters, total_epochs=2,
+                                                    last_epoch=-1, optim_cfg=optim_cfg)
+        loader = [_numpy_batch(seed, with_boxes=config == "finetune") for seed in range(iters)]
+        import tqdm
+        with tqdm.tqdm(total=2, disable=True) as tbar:
+            accumulated = train_utils.train_one_epoch(
+                model, optimizer, loader, pcdet_models.model_fn_decorator(), scheduler, accumulated_iter=0,
+                optim_cfg=optim_cfg, rank=0, tbar=tbar, total_it_each_epoch=iters, dataloader_iter=iter(loader),
+                cur_epoch=0, total_epochs=2)
+        assert accumulated == iters and int(model.global_step) == iters
+        lrs = scheduler.get_group_lrs()
+        assert lrs["backbone"] == pytest.approx(0.1 * float(optimizer.lr))
+        if config == "finetune":
+            assert lrs["dense_head"] == pytest.approx(2.0 * float(optimizer.lr))
+        else:
+            assert int(model.ema_step) == iters - 1  # the last step's EMA is applied by the next forward
+    finally:
+        optimization.build_optimizer, optimization.build_scheduler = originals
+        sys.modules.pop("train_utils.optimization", None)
+        sys.modules.pop("train_utils.train_utils", None)
