@@ -105,6 +105,14 @@ def test_teacher_features_are_separate_and_gradient_free(pretrain_cfg, kind):
     assert teacher["projected_bev"].shape[1] == 128
 
 
+@pytest.mark.parametrize("kind", ["identical", "ema"])
+def test_teacher_outputs_do_not_keep_the_rule_book_alive(pretrain_cfg, kind):
+    model = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE=kind)).train()
+    teacher = model(batch_dict())["teacher_outputs"]
+    assert teacher["encoded_spconv_tensor"].indice_dict == {}
+    assert all(t.indice_dict == {} for t in teacher["multi_scale_3d_features"].values())
+
+
 def test_identical_teacher_adds_no_encoder_copy(pretrain_cfg):
     identical = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE="identical"))
     ema = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE="ema"))

@@ -31,7 +31,7 @@ from ..occupancy import (
 )
 from ..sparse_align import match_sites
 from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
-from .encoder import ENCODER_KEYS, ENCODER_MODULES, VoxelNeXtEncoder
+from .encoder import ENCODER_KEYS, ENCODER_MODULES, VoxelNeXtEncoder, spconv
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,19 @@ class TeacherConfig:
 def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, in_channels), nn.LayerNorm(in_channels), nn.ReLU(),
                          nn.Linear(in_channels, out_channels))
+
+
+def without_indice_tables(encoded: dict) -> dict:
+    """The encoder outputs as fresh sparse tensors (same features, indices, shapes) that drop the
+    conv rule-book (``indice_dict``): the teacher's outputs live until the loss, and its rule-book
+    for the complete scene, every layer of it, would otherwise stay in memory with them."""
+    def strip(t):
+        return spconv.SparseConvTensor(t.features, t.indices, t.spatial_shape, t.batch_size)
+
+    out = dict(encoded)
+    out["encoded_spconv_tensor"] = strip(encoded["encoded_spconv_tensor"])
+    out["multi_scale_3d_features"] = {k: strip(v) for k, v in encoded["multi_scale_3d_features"].items()}
+    return out
 
 
 class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
@@ -216,7 +229,7 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
             with frozen_bn_buffers(self):
                 out = self.encode(features, coords, batch_size)
         out["projected_bev"] = projector(out["encoded_spconv_tensor"].features)
-        return out
+        return without_indice_tables(out)
 
     # ------------------------------------------------------------------ teacher update
     @torch.no_grad()
