@@ -1,18 +1,6 @@
 #!/usr/bin/env bash
 # Distributed OpenPCDet test.py with the pcdet_rmae_ts plugin, via torchrun (works for 1 GPU too):
 #   bash scripts/dist_test.sh NUM_GPUS --cfg_file cfgs/custom_models/... [OpenPCDet test.py args]
-# Unlike OpenPCDet's own dist_test.sh (torch.distributed.launch, which passes --local-rank and breaks
-# on torch >= 2.0), torchrun sets LOCAL_RANK; tools/test.py hands it to test.py as --local_rank, which
-# the VoxelNeXt fork also needs. Multi-node: set NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT).
-set -euo pipefail
-NGPUS=${1:?usage: scripts/dist_test.sh NUM_GPUS --cfg_file CFG [args]}
-shift
+# See dist_train.sh; tools/test.py hands torchrun's LOCAL_RANK to test.py as --local_rank.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-python}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$NGPUS" --nnodes="$NNODES" --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
-    "$ROOT/tools/test.py" --launcher pytorch "$@"
+exec bash "$ROOT/scripts/torchrun_launch.sh" "$ROOT/tools/test.py" "$@"
