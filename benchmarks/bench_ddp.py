@@ -26,6 +26,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain import Timer, build_model, data_cfg, make_trainer, row_config, write_frames  # noqa: E402
 
+from pcdet_rmae_ts.engine.dist import wrap_ddp  # noqa: E402
 from pcdet_rmae_ts.engine.trainer import TrainState  # noqa: E402
 
 _LOG = logging.getLogger("bench_ddp")
@@ -87,7 +88,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("ema", model_cfg, dataset).to(device).train()
     if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if cuda else None)
+        model = wrap_ddp(model, device, local)  # as the engine does
     total = args.warmup + args.steps
     trainer = make_trainer(model, model_cfg, batches, device, args.amp, epochs=-(-total // len(batches)))
     state = TrainState()
@@ -98,6 +99,7 @@ def main() -> None:
         state.it += 1
 
     times = Timer(device)(step, args.warmup, args.steps)
+    trainer._sync_buffers()  # what the engine does at each epoch end
     median = statistics.median(times)
     inner = model.module if distributed else model
     teacher = torch.nn.ModuleDict({"encoder": inner.backbone_3d.teacher,

@@ -17,7 +17,7 @@ import torch
 
 from ..config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_report, set_rng_state, unwrap
-from .dist import get_rank, init_dist_pytorch
+from .dist import get_rank, init_dist_pytorch, wrap_ddp
 from .logging_utils import create_logger
 from .trainer import LoopConfig, Trainer, TrainState
 
@@ -161,8 +161,7 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state = _resume(args, model, optimizer, scheduler, scaler, dirs["ckpt"], logger)
     if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = wrap_ddp(model, device, local_rank)
 
     tb_writer = None
     if rank == 0:
