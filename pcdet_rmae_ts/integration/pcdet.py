@@ -315,7 +315,7 @@ def run_preflight(cfg_file: Optional[str], environ: Mapping[str, str]) -> None:
 
     findings = check_config(cfg_file)
     if findings and _is_rank_zero(environ):
-        print(format_findings(cfg_file, findings), file=sys.stderr)
+        sys.stderr.write(format_findings(cfg_file, findings) + "\n")  # CLI output of the launchers
     if failed(findings):
         raise LauncherError(f"the config pre-flight check found errors in {cfg_file} (listed above); fix them, or "
                             "pass --skip_preflight to run anyway.")
@@ -362,6 +362,6 @@ def launcher_main(script: str) -> int:
     try:
         run_pcdet_tool(script)
     except (LauncherError, PcdetNotAvailable) as err:
-        print(f"pcdet_rmae_ts: error: {err}", file=sys.stderr)
+        sys.stderr.write(f"pcdet_rmae_ts: error: {err}\n")
         return 2
     return 0

@@ -301,7 +301,7 @@ def create_optimizer_with_differential_lr(model: nn.Module, optim_cfg: Mapping,
 
 
 # ----------------------------------------------------------------------------- schedules
-def annealing_cos(start: float, end: float, pct: float) -> float:
+def cosine_between(start: float, end: float, pct: float) -> float:
     """Cosine from ``start`` (pct 0) to ``end`` (pct 1)."""
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
@@ -356,12 +356,12 @@ class OneCycleSchedule:
     def lr_at(self, it: int) -> float:
         low = self.lr_max / self.div_factor
         rising, pct = self._phase(it)
-        return annealing_cos(low, self.lr_max, pct) if rising else annealing_cos(self.lr_max, low / 1e4, pct)
+        return cosine_between(low, self.lr_max, pct) if rising else cosine_between(self.lr_max, low / 1e4, pct)
 
     def momentum_at(self, it: int) -> float | None:
         rising, pct = self._phase(it)
         high, low = self.moms
-        return annealing_cos(high, low, pct) if rising else annealing_cos(low, high, pct)
+        return cosine_between(high, low, pct) if rising else cosine_between(low, high, pct)
 
 
 @dataclass(frozen=True)
