@@ -1,6 +1,6 @@
-"""Optional-dependency probes and the spconv-on-CPU shim, in one place.
+"""The spconv import (with a clear install hint) and the spconv-on-CPU shim, in one place.
 
-spconv 2.x is written for CUDA; three of its CPU paths are broken (found with
+spconv 2.x is written for CUDA; four of its CPU paths are broken (found with
 spconv 2.3.8 on a CPU-only torch, see ``shared/reference/README.md``):
 
 1. **Backward on a CPU-only torch** calls ``torch.cuda.current_stream()`` and
@@ -62,11 +62,6 @@ def import_spconv():
         return importlib.import_module("spconv.pytorch")
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(SPCONV_INSTALL_HINT) from err
-
-
-def pcdet_available() -> bool:
-    """True when OpenPCDet (``pcdet``) can be imported; never imports it eagerly."""
-    return importlib.util.find_spec("pcdet") is not None
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Sequence
 
-import numpy as np
 import torch
 
 from ..compat import import_spconv
@@ -73,8 +72,3 @@ class BatchVoxelizer:
         voxels[:, :, 0] -= (sample.to(voxels.dtype) * width)[:, None] * valid
         return {"voxels": voxels, "voxel_coords": coords.int(), "voxel_num_points": counts.int()}
 
-
-def numpy_batch_points(batch: dict) -> np.ndarray:
-    """The collated ``points`` as numpy (tests and tools)."""
-    points = batch["points"]
-    return points.numpy() if isinstance(points, torch.Tensor) else points

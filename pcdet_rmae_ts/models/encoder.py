@@ -166,14 +166,3 @@ class VoxelNeXtEncoder(nn.Module):
         merged.indices = indices
         return merged
 
-
-def build_encoder(model_cfg, input_channels: int, grid_size: Sequence[int]) -> VoxelNeXtEncoder:
-    """Build the encoder from a BACKBONE_3D section's VoxelNeXt keys."""
-    return VoxelNeXtEncoder(
-        input_channels=input_channels,
-        grid_size=grid_size,
-        channels=model_cfg.get("CHANNELS", [16, 32, 64, 128, 128]),
-        out_channel=model_cfg.get("OUT_CHANNEL", 128),
-        kernel_sizes=model_cfg.get("SPCONV_KERNEL_SIZES", [3, 3, 3, 3]),
-    )
-
