@@ -9,11 +9,13 @@ import datetime
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from easydict import EasyDict
 
 from ..config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_report, set_rng_state, unwrap
@@ -98,8 +100,23 @@ def _resume(args, model, optimizer, scheduler, scaler, ckpt_dir: Path, logger) -
     return state
 
 
-def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
-    """Run a pretraining job; returns the output folder."""
+@dataclass
+class Job:
+    """What the set-up decided: config, process placement, output folders, logger."""
+
+    args: argparse.Namespace
+    cfg: EasyDict
+    device: torch.device
+    distributed: bool
+    world_size: int
+    rank: int
+    local_rank: int
+    dirs: dict
+    logger: logging.Logger
+
+
+def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
+    """Parse flags, load the config, start torch.distributed, create the output folders and the log."""
     args = build_arg_parser().parse_args(argv)
     cfg = cfg_from_yaml_file(args.cfg_file)
     if args.set_cfgs:
@@ -114,7 +131,6 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
     if args.fix_random_seed:
         _seed_everything(args.seed + rank)
-
     dirs = _output_dirs(cfg, args)
     if rank == 0:
         for d in dirs.values():
@@ -128,26 +144,30 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     for key, value in vars(args).items():
         logger.info("%-24s %s", key, value)
     log_config_to_file(cfg, logger=logger)
+    return Job(args, cfg, device, distributed, world_size, rank, local_rank, dirs, logger)
 
-    optim_cfg = cfg.OPTIMIZATION
-    batch_size = args.batch_size or int(optim_cfg.BATCH_SIZE_PER_GPU)
-    epochs = args.epochs or int(optim_cfg.NUM_EPOCHS)
-    _prepare_data_path(cfg, logger)
-    if distributed:
-        torch.distributed.barrier()
 
+def build_trainer(job: Job):
+    """Data, model, optimizer, schedule, resume state and the Trainer; returns (trainer, state, tb_writer)."""
     from ..data import build_dataloader
     from ..models.pretrain_model import PretrainModel
     from ..optim import build_scheduler, create_optimizer_with_differential_lr
 
-    dataset, loader, sampler = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size, dist=distributed,
+    args, cfg, logger, device = job.args, job.cfg, job.logger, job.device
+    optim_cfg = cfg.OPTIMIZATION
+    batch_size = args.batch_size or int(optim_cfg.BATCH_SIZE_PER_GPU)
+    epochs = args.epochs or int(optim_cfg.NUM_EPOCHS)
+    _prepare_data_path(cfg, logger)
+    if job.distributed:
+        torch.distributed.barrier()
+    dataset, loader, sampler = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size, dist=job.distributed,
                                                 workers=args.workers, seed=args.seed, training=True, logger=logger,
                                                 as_tensors=True)
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training frames are fewer than one batch of {batch_size} per process "
-                         f"x {world_size} processes; lower --batch_size or add data.")
+                         f"x {job.world_size} processes; lower --batch_size or add data.")
     model = PretrainModel.from_config(cfg, dataset)
-    if args.sync_bn and distributed:
+    if args.sync_bn and job.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if args.pretrained_model:
@@ -159,16 +179,15 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     if args.amp and not amp:
         logger.warning("--amp needs CUDA; running in fp32 on the CPU.")
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    state = _resume(args, model, optimizer, scheduler, scaler, dirs["ckpt"], logger)
-    if distributed:
-        model = wrap_ddp(model, device, local_rank)
-
+    state = _resume(args, model, optimizer, scheduler, scaler, job.dirs["ckpt"], logger)
+    if job.distributed:
+        model = wrap_ddp(model, device, job.local_rank)
     tb_writer = None
-    if rank == 0:
+    if job.rank == 0:
         from tensorboardX import SummaryWriter
-        tb_writer = SummaryWriter(log_dir=str(dirs["tensorboard"]))
+        tb_writer = SummaryWriter(log_dir=str(job.dirs["tensorboard"]))
     loop = LoopConfig(total_epochs=epochs, grad_norm_clip=float(optim_cfg.get("GRAD_NORM_CLIP", 10.0)),
-                      ckpt_dir=dirs["ckpt"], ckpt_save_interval=args.ckpt_save_interval,
+                      ckpt_dir=job.dirs["ckpt"], ckpt_save_interval=args.ckpt_save_interval,
                       max_ckpt_save_num=args.max_ckpt_save_num,
                       ckpt_save_time_interval=args.ckpt_save_time_interval, amp=amp,
                       vis_interval=int(optim_cfg.get("VIS_INTERVAL", 0)))
@@ -177,15 +196,22 @@ def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
         from ..data.device_voxelizer import BatchVoxelizer
         voxelizer = BatchVoxelizer.from_dataset(dataset)
         logger.info("Voxelising each batch on %s (DATA_CONFIG.VOXELIZE_ON_DEVICE)", device)
-    trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, rank, scaler,
-                      voxelizer=voxelizer)
-    logger.info("**********************Start training %s/%s(%s)**********************",
-                cfg.EXP_GROUP_PATH, cfg.TAG, args.extra_tag)
+    trainer = Trainer(model, optimizer, scheduler, loader, sampler, device, loop, logger, tb_writer, job.rank,
+                      scaler, voxelizer=voxelizer)
+    return trainer, state, tb_writer
+
+
+def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
+    """Run a pretraining job; returns the output folder."""
+    job = setup_job(argv)
+    trainer, state, tb_writer = build_trainer(job)
+    job.logger.info("**********************Start training %s/%s(%s)**********************",
+                    job.cfg.EXP_GROUP_PATH, job.cfg.TAG, job.args.extra_tag)
     trainer.train(state)
     if tb_writer is not None:
         tb_writer.close()
-    logger.info("**********************End training; checkpoints in %s**********************", dirs["ckpt"])
-    if distributed:
+    job.logger.info("**********************End training; checkpoints in %s**********************", job.dirs["ckpt"])
+    if job.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return dirs["root"]
+    return job.dirs["root"]
