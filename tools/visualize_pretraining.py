@@ -57,9 +57,9 @@ def load_config(args):
 def load_frame(cfg, frame: Optional[str]):
     """(dataset, collated one-frame batch, frame id). Augmentation is off: the frame as recorded."""
     from pcdet_rmae_ts.data import PretrainDataset
-    from pcdet_rmae_ts.engine.pretrain import _prepare_data_path
+    from pcdet_rmae_ts.engine.pretrain import prepare_data_path
 
-    _prepare_data_path(cfg, logger)
+    prepare_data_path(cfg, logger)
     dataset = PretrainDataset(cfg.DATA_CONFIG, cfg.CLASS_NAMES, training=True, logger=logger)
     dataset.data_augmentor = None
     if frame is None:

@@ -59,7 +59,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_data_path(cfg, logger: logging.Logger) -> None:
+def prepare_data_path(cfg, logger: logging.Logger) -> None:
     """Create the built-in synthetic dataset when the config asks for it (demo configs)."""
     synthetic = cfg.DATA_CONFIG.get("SYNTHETIC")
     if not synthetic or get_rank() != 0:
@@ -157,7 +157,7 @@ def build_trainer(job: Job):
     optim_cfg = cfg.OPTIMIZATION
     batch_size = args.batch_size or int(optim_cfg.BATCH_SIZE_PER_GPU)
     epochs = args.epochs or int(optim_cfg.NUM_EPOCHS)
-    _prepare_data_path(cfg, logger)
+    prepare_data_path(cfg, logger)
     if job.distributed:
         torch.distributed.barrier()
     dataset, loader, sampler = build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size, dist=job.distributed,
