@@ -98,6 +98,8 @@ class MaskResult:
     sector_offset: (B,) float, each sample's sector rotation in degrees.
     sector_selected: (B, G) bool, sectors chosen in stage 1.
     stats: scalar tensors for logging (achieved ratios, overall and per band).
+    sample_ratio: (B,) achieved masked fraction of each sample (0 for an empty sample).
+    sample_band_ratio: (B, 3) the same per range band NEAR, MID, FAR (0 where a band is empty).
     """
 
     keep: torch.Tensor
@@ -105,6 +107,8 @@ class MaskResult:
     sector_selected: torch.Tensor
     sector_width: float
     stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+    sample_ratio: Optional[torch.Tensor] = None
+    sample_band_ratio: Optional[torch.Tensor] = None
 
     def in_masked_sector(self, xy: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor:
         """(M,) bool: whether metric points (M, 2) of samples ``batch_idx`` lie in a selected sector."""
@@ -203,7 +207,7 @@ class RadialMasker:
             keep = ~(in_selected & self._stage2(batch, band, in_selected, batch_size, gen))
             keep = self._apply_floor(keep, batch, batch_size, gen)
         result = MaskResult(keep, offset, selected, cfg.sector_width)
-        result.stats = self._stats(keep, batch, band, batch_size)
+        result.stats, result.sample_ratio, result.sample_band_ratio = self._stats(keep, batch, band, batch_size)
         return result
 
     def _band(self, xy: torch.Tensor) -> torch.Tensor:
@@ -283,22 +287,25 @@ class RadialMasker:
         ranks = rank_within_group(group, batch_size * 2, gen)
         return keep | (ranks < deficit[batch])
 
-    def _stats(self, keep, batch, band, batch_size) -> Dict[str, torch.Tensor]:
+    def _stats(self, keep, batch, band, batch_size):
+        """(scalar stats for logging, (B,) per-sample ratio, (B, 3) per-sample-and-band ratio), from
+        one pair of per-(sample, band) sums; masked reductions, so no host sync on the training step."""
         masked = (~keep).float()
-        stats = {"mask_ratio": masked.mean() if keep.numel() else masked.new_zeros(())}
-        per_sample = bin_sum(batch, batch_size, masked)
-        counts = bin_sum(batch, batch_size)
-        # masked reductions instead of boolean indexing: no host sync on the training step
+        cell = batch * 3 + band
+        masked_sb = bin_sum(cell, batch_size * 3, masked).view(batch_size, 3)
+        total_sb = bin_sum(cell, batch_size * 3).view(batch_size, 3)
+        sample_band_ratio = masked_sb / total_sb.clamp(min=1.0)
+        counts = total_sb.sum(1)
+        sample_ratio = masked_sb.sum(1) / counts.clamp(min=1.0)
         nonempty = (counts > 0).float()
-        ratio = per_sample / counts.clamp(min=1.0)
-        stats["mask_ratio_sample_mean"] = (ratio * nonempty).sum() / nonempty.sum().clamp(min=1.0)
-        stats["mask_ratio_sample_min"] = torch.where(nonempty > 0, ratio, torch.ones_like(ratio)).min() \
-            if batch_size else masked.new_zeros(())
-        band_masked = bin_sum(band, 3, masked)
-        band_total = bin_sum(band, 3)
+        stats = {"mask_ratio": masked_sb.sum() / counts.sum().clamp(min=1.0),
+                 "mask_ratio_sample_mean": (sample_ratio * nonempty).sum() / nonempty.sum().clamp(min=1.0),
+                 "mask_ratio_sample_min": torch.where(nonempty > 0, sample_ratio, torch.ones_like(sample_ratio)).min()
+                 if batch_size else masked.new_zeros(())}
+        band_masked, band_total = masked_sb.sum(0), total_sb.sum(0)
         for i, name in enumerate(BANDS):
             stats[f"mask_ratio_{name.lower()}"] = band_masked[i] / band_total[i].clamp(min=1.0)
-        return stats
+        return stats, sample_ratio, sample_band_ratio
 
 
 __all__ = ["MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg", "voxel_centres_xy",

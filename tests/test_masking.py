@@ -189,3 +189,21 @@ def test_rank_within_group_is_a_permutation_per_group():
     ranks = rank_within_group(group, 3, torch.Generator().manual_seed(0))
     for g in range(3):
         assert sorted(ranks[group == g].tolist()) == list(range(int((group == g).sum())))
+
+
+def test_per_sample_statistics_equal_a_slow_count():
+    gen = torch.Generator().manual_seed(12)
+    coords = scene(gen, batch=3, n=3000, r_min=1.0, r_max=60.0)
+    result = masker(masked_ratio=0.5, min_kept_voxels=0)(coords, 4)  # sample 3 is empty
+    xy = voxel_centres_xy(coords, VOXEL, RANGE)
+    dist = torch.linalg.norm(xy, dim=1)
+    band = (dist > 10).long() + (dist > 30).long()
+    for b in range(4):
+        rows = coords[:, 0] == b
+        expected = float((~result.keep[rows]).float().mean()) if bool(rows.any()) else 0.0
+        assert float(result.sample_ratio[b]) == pytest.approx(expected)
+        for i in range(3):
+            in_band = rows & (band == i)
+            want = float((~result.keep[in_band]).float().mean()) if bool(in_band.any()) else 0.0
+            assert float(result.sample_band_ratio[b, i]) == pytest.approx(want)
+    assert float(result.stats["mask_ratio"]) == pytest.approx(float((~result.keep).float().mean()))
