@@ -81,12 +81,17 @@ def _remember_source(section: Any, file: Path) -> None:
         pass
 
 
-class DuplicateKeyWarningLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that logs a warning for every duplicated mapping key.
+class DuplicateKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that records every duplicated mapping key as ``(key, first_line, line)``.
 
-    PyYAML silently keeps the last value of a duplicated key; this loader keeps that
-    behaviour (so configs load as they always did) but says so, with file and lines.
+    PyYAML silently keeps the last value of a duplicated key; this loader keeps that behaviour
+    (so configs load as they always did) and lets the caller say so (``load_yaml`` warns, the
+    pre-flight check reports).
     """
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.duplicates: list = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
@@ -100,25 +105,37 @@ class DuplicateKeyWarningLoader(yaml.SafeLoader):
                 except TypeError:  # unhashable key: SafeConstructor reports it below
                     continue
                 if first is not None:
-                    logger.warning(
-                        "duplicate key '%s' in %s at line %d (first defined at line %d): PyYAML keeps "
-                        "only the last one; merge the two blocks into one", key, self.name, line, first)
+                    self.duplicates.append((key, first, line))
                 else:
                     seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read one YAML file (no ``_BASE_CONFIG_`` handling) with duplicate-key warnings."""
+def read_yaml_with_duplicates(path: str | os.PathLike) -> tuple:
+    """``(data, duplicates)`` of one YAML file; ``duplicates`` as recorded by :class:`DuplicateKeyLoader`.
+    Raises ConfigError for a missing file or invalid YAML."""
     path = Path(path)
     try:
         with open(path, "r", encoding="utf-8") as stream:
-            data = yaml.load(stream, Loader=DuplicateKeyWarningLoader)  # a SafeLoader subclass
+            loader = DuplicateKeyLoader(stream)
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
     except FileNotFoundError as err:
         raise ConfigError(f"config file not found: {path}", file=path,
                           fix="pass an existing --cfg_file path (relative to the current directory)") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid YAML: {err}", file=path, fix="correct the YAML syntax") from err
+    return data, loader.duplicates
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read one YAML file (no ``_BASE_CONFIG_`` handling) with duplicate-key warnings."""
+    data, duplicates = read_yaml_with_duplicates(path)
+    for key, first, line in duplicates:
+        logger.warning("duplicate key '%s' in %s at line %d (first defined at line %d): PyYAML keeps "
+                       "only the last one; merge the two blocks into one", key, path, line, first)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
-import yaml
-
-from ..config import BASE_CONFIG_KEY, ConfigError, cfg_from_yaml_file, resolve_base_config
+from ..config import BASE_CONFIG_KEY, ConfigError, cfg_from_yaml_file, read_yaml_with_duplicates, resolve_base_config
 
 SEVERITIES = ("error", "warning", "note")
 REGRESSION_EXCLUDED_HEADS = ("hm", "iou")
@@ -37,35 +35,9 @@ class Finding:
         return f"{self.severity.upper():7s} {self.file}: {self.key}: {self.message}\n        fix: {self.fix}"
 
 
-class _DuplicateCollector(yaml.SafeLoader):
-    """SafeLoader that records duplicated mapping keys (PyYAML silently keeps the last one)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.duplicates: List[tuple] = []
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                continue
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                self.duplicates.append((key, seen[key], line))
-            else:
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_raw(path: Path) -> tuple:
-    with open(path, encoding="utf-8") as stream:
-        loader = _DuplicateCollector(stream)
-        try:
-            data = loader.get_single_data() or {}
-        finally:
-            loader.dispose()
-    return data, loader.duplicates
+    data, duplicates = read_yaml_with_duplicates(path)
+    return data or {}, duplicates
 
 
 def _config_files(cfg_file: Path) -> List[Path]:
