@@ -92,6 +92,20 @@ def cells_in_range(shape: Sequence[int], stride: int, voxel_size: Sequence[float
     return ax_z[:, None, None] & ax_y[None, :, None] & ax_x[None, None, :]
 
 
+def masked_sector_cells(mask, batch_size: int, shape_yx: Sequence[int], stride: int,
+                        voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> torch.Tensor:
+    """(B, Y', X') bool: coarse BEV cells whose metric centre lies in one of the sample's selected
+    sectors (``mask`` is a ``masking.MaskResult``); the masked region of the occupancy metrics."""
+    ny, nx = int(shape_yx[0]), int(shape_yx[1])
+    device = mask.sector_offset.device
+    ys = (torch.arange(ny, device=device) + 0.5) * stride * voxel_size[1] + point_cloud_range[1]
+    xs = (torch.arange(nx, device=device) + 0.5) * stride * voxel_size[0] + point_cloud_range[0]
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    xy = torch.stack([grid_x.flatten(), grid_y.flatten()], 1).repeat(batch_size, 1)
+    batch = torch.arange(batch_size, device=device).repeat_interleave(ny * nx)
+    return mask.in_masked_sector(xy, batch).view(batch_size, ny, nx)
+
+
 class OccupancyDecoder(nn.Module):
     """Dense BEV decoder: sparse stride-s features -> (B, Z', Y', X') occupancy logits.
 

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch, Wedge
 
+from .occupancy import masked_sector_cells
+
 logger = logging.getLogger(__name__)
 
 KEPT_COLOR = "#1f77b4"      # voxels the student sees
@@ -184,23 +186,11 @@ def backbone_mask_figure(backbone, sample: int = 0, title: str = "") -> Optional
 
 
 # ---------------------------------------------------------------------- occupancy
-def coarse_cell_centres(shape_yx: Tuple[int, int], stride: int, voxel_size: Sequence[float],
-                        point_cloud_range: Sequence[float]) -> np.ndarray:
-    """(Y'*X', 2) metric x, y of the coarse BEV cell centres, row-major over (y, x)."""
-    ny, nx = shape_yx
-    xs = (np.arange(nx) + 0.5) * stride * voxel_size[0] + point_cloud_range[0]
-    ys = (np.arange(ny) + 0.5) * stride * voxel_size[1] + point_cloud_range[1]
-    gx, gy = np.meshgrid(xs, ys)
-    return np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
-
-
 def masked_cells(mask, sample: int, shape_yx: Tuple[int, int], stride: int, voxel_size: Sequence[float],
                  point_cloud_range: Sequence[float]) -> np.ndarray:
     """(Y', X') bool: coarse cells whose centre lies in one of the sample's selected sectors."""
-    xy = torch.from_numpy(coarse_cell_centres(shape_yx, stride, voxel_size, point_cloud_range))
-    xy = xy.to(mask.sector_offset.device)
-    batch = torch.full((xy.shape[0],), int(sample), dtype=torch.long, device=xy.device)
-    return _numpy(mask.in_masked_sector(xy, batch)).reshape(shape_yx)
+    batch_size = int(mask.sector_offset.shape[0])
+    return _numpy(masked_sector_cells(mask, batch_size, shape_yx, stride, voxel_size, point_cloud_range)[sample])
 
 
 def confusion_bev(logits, target) -> Dict[str, np.ndarray]:

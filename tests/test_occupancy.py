@@ -70,3 +70,25 @@ def test_decoder_predicts_everywhere_including_empty_cells():
     logits = decoder(tensor, 2)
     assert logits.shape == (2, 5, 16, 16)
     assert torch.isfinite(logits).all()
+
+
+def test_masked_sector_cells_equal_slow_reference():
+    import math
+
+    from pcdet_rmae_ts.masking import MaskingConfig, RadialMasker
+    from pcdet_rmae_ts.occupancy import masked_sector_cells
+
+    voxel, pcr = [0.4, 0.4, 0.4], [-25.6, -25.6, -3.0, 25.6, 25.6, 3.0]
+    gen = torch.Generator().manual_seed(3)
+    coords = torch.cat([torch.randint(0, 2, (800, 1), generator=gen), torch.randint(0, 15, (800, 1), generator=gen),
+                        torch.randint(0, 128, (800, 2), generator=gen)], 1).int()
+    mask = RadialMasker(MaskingConfig(masked_ratio=0.5), voxel, pcr, seed=0)(coords, 2)
+    cells = masked_sector_cells(mask, 2, (16, 16), 8, voxel, pcr)
+    for b in range(2):
+        for iy in range(16):
+            for ix in range(16):
+                x = (ix + 0.5) * 8 * voxel[0] + pcr[0]
+                y = (iy + 0.5) * 8 * voxel[1] + pcr[1]
+                az = (math.degrees(math.atan2(y, x)) - float(mask.sector_offset[b])) % 360.0
+                sector = min(int(az // mask.sector_width), mask.sector_selected.shape[1] - 1)
+                assert bool(cells[b, iy, ix]) == bool(mask.sector_selected[b, sector])

@@ -24,6 +24,7 @@ from ..occupancy import (
     OccupancyDecoder,
     cells_in_range,
     coarse_shape,
+    masked_sector_cells,
     occupancy_config_from_cfg,
     occupancy_loss,
     occupancy_metrics,
@@ -277,20 +278,10 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         loss = occupancy_loss(logits, target, valid, cfg.pos_weight, cfg.focal_gamma)
         region = valid if valid is not None else torch.ones_like(target, dtype=torch.bool)
         tb_dict = occupancy_metrics(logits, target, region, prefix="occ")
-        masked_region = region & self._masked_cells(ret["mask"], ret["batch_size"], logits.device)
+        masked_region = region & masked_sector_cells(ret["mask"], ret["batch_size"], self.occupancy_shape[1:],
+                                                     cfg.stride, self.voxel_size, self.point_cloud_range)[:, None]
         tb_dict.update(occupancy_metrics(logits, target, masked_region, prefix="occ_masked"))
         return loss, tb_dict
-
-    def _masked_cells(self, mask, batch_size: int, device) -> torch.Tensor:
-        """(B, 1, Y', X') bool: coarse BEV cells whose centre lies in a masked sector."""
-        _, ny, nx = self.occupancy_shape
-        stride = self.occupancy_cfg.stride
-        ys = (torch.arange(ny, device=device) + 0.5) * stride * self.voxel_size[1] + self.point_cloud_range[1]
-        xs = (torch.arange(nx, device=device) + 0.5) * stride * self.voxel_size[0] + self.point_cloud_range[0]
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        xy = torch.stack([grid_x.flatten(), grid_y.flatten()], 1).repeat(batch_size, 1)
-        batch = torch.arange(batch_size, device=device).repeat_interleave(ny * nx)
-        return mask.in_masked_sector(xy, batch).view(batch_size, 1, ny, nx)
 
     def _teacher_student_loss(self, ret) -> Tuple[torch.Tensor, dict]:
         if not self.ts_losses:
