@@ -14,6 +14,14 @@ def site_keys(indices: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tens
     return key
 
 
+def lookup_keys(query: torch.Tensor, sorted_reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For (Q,) keys in a sorted (R,) key array: (Q,) bool found and (Q,) long position (valid where found)."""
+    if sorted_reference.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool), torch.zeros_like(query, dtype=torch.long)
+    pos = torch.searchsorted(sorted_reference, query).clamp(max=sorted_reference.numel() - 1)
+    return sorted_reference[pos] == query, pos
+
+
 def match_sites(query: torch.Tensor, reference: torch.Tensor,
                 spatial_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rows ``(iq, ir)`` with ``query[iq] == reference[ir]`` (same [b, ...] site).
@@ -21,12 +29,6 @@ def match_sites(query: torch.Tensor, reference: torch.Tensor,
     Each query row is matched to at most one reference row; sites present in only one
     tensor are left out. Sorting + binary search: O((N + M) log M), no loops.
     """
-    ref_keys = site_keys(reference, spatial_shape)
-    sorted_keys, order = torch.sort(ref_keys)
-    q_keys = site_keys(query, spatial_shape)
-    pos = torch.searchsorted(sorted_keys, q_keys).clamp(max=max(sorted_keys.numel() - 1, 0))
-    if sorted_keys.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=query.device)
-        return empty, empty
-    hit = sorted_keys[pos] == q_keys
-    return torch.nonzero(hit, as_tuple=True)[0], order[pos[hit]]
+    sorted_keys, order = torch.sort(site_keys(reference, spatial_shape))
+    found, pos = lookup_keys(site_keys(query, spatial_shape), sorted_keys)
+    return torch.nonzero(found, as_tuple=True)[0], order[pos[found]]

@@ -45,15 +45,6 @@ def keys_to_indices(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.T
     return torch.stack(columns[::-1], 1).int()
 
 
-def lookup_keys(query: torch.Tensor, sorted_reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For (Q,) keys in a sorted (R,) key array: (Q,) bool found and (Q,) long position (valid where found)."""
-    if sorted_reference.numel() == 0:
-        return (torch.zeros_like(query, dtype=torch.bool),
-                torch.zeros_like(query, dtype=torch.long))
-    pos = torch.searchsorted(sorted_reference, query).clamp(max=sorted_reference.numel() - 1)
-    return sorted_reference[pos] == query, pos
-
-
 def per_scene_mean(values: torch.Tensor, batch: torch.Tensor, batch_size: int,
                    weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted mean of (M,) ``values`` within each scene, then the plain mean over the
@@ -98,10 +89,3 @@ def gather_rows_across_ranks(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
     dist.all_gather(gathered, padded.contiguous())
     parts = [g[:n] for g, n in zip(gathered, sizes)]
     return torch.cat(parts), sum(sizes[:rank])
-
-
-def mlp_head(dim: int, hidden: Optional[int] = None) -> torch.nn.Sequential:
-    """Linear-LayerNorm-ReLU-Linear (the predictor of BYOL-style students)."""
-    hidden = hidden or dim
-    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.LayerNorm(hidden), torch.nn.ReLU(),
-                               torch.nn.Linear(hidden, dim))

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import gather_rows_across_ranks, info_nce_rows, mlp_head
+from ..models.backbone import projection_head
+from .common import gather_rows_across_ranks, info_nce_rows
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class FrameContrastLoss(nn.Module):
         if not tau > 0:
             raise ValueError(f"FRAME_CONTRAST.TAU must be > 0, got {tau}")
         self.tau, self.allow_single = float(tau), bool(allow_single)
-        self.predictor = mlp_head(int(feature_dim))
+        self.predictor = projection_head(int(feature_dim), int(feature_dim))
         self._skips = 0
 
     def embeddings(self, student: dict, teacher: dict, batch_size: int,

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..masking import rank_within_group
+from ..models.backbone import projection_head
 from ..sparse_align import match_sites
-from .common import info_nce_rows, mlp_head, per_scene_mean
+from .common import info_nce_rows, per_scene_mean
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class VoxelContrastLoss(nn.Module):
         if not neg_radius >= 0:
             raise ValueError(f"VOXEL_CONTRAST.NEG_RADIUS must be >= 0, got {neg_radius}")
         self.num_samples, self.tau, self.neg_radius = int(num_samples), float(tau), float(neg_radius)
-        self.predictor = mlp_head(int(feature_dim))
+        self.predictor = projection_head(int(feature_dim), int(feature_dim))
 
     def shared_sites(self, student: dict, teacher: dict, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Rows (i_s, i_t) of the student / teacher BEV tensors at sampled sites of both views."""

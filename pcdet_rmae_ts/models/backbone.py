@@ -93,6 +93,7 @@ class TeacherConfig:
 
 
 def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Linear-LayerNorm-ReLU-Linear: the projectors here and the BYOL-style predictors of the losses."""
     return nn.Sequential(nn.Linear(in_channels, in_channels), nn.LayerNorm(in_channels), nn.ReLU(),
                          nn.Linear(in_channels, out_channels))
 
