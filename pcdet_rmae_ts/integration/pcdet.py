@@ -18,7 +18,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from ..config import BASE_CONFIG_KEY, resolve_base_config
+from ..config import BASE_CONFIG_KEY, load_yaml, resolve_base_config
 
 MIN_PCDET_VERSION = (0, 6, 0)
 HOOK_MARK = "__rmae_differential_lr__"
@@ -199,17 +199,15 @@ def _absolutize_bases(node: Any, including_file: Path) -> None:
 def install_config_lookup(config_module: Optional[types.ModuleType] = None) -> types.ModuleType:
     """Make ``pcdet.config.cfg_from_yaml_file`` find ``_BASE_CONFIG_`` as the plugin does: the
     current directory first (OpenPCDet's rule), then the including file's folder and its parents,
-    then the pcdet_rmae_ts package. Merging is OpenPCDet's own ``merge_new_config``."""
-    import yaml
-
+    then the pcdet_rmae_ts package. Files are read with the plugin's ``load_yaml`` (duplicate keys are
+    reported); merging is OpenPCDet's own ``merge_new_config``."""
     if config_module is None:
         config_module = importlib.import_module("pcdet.config")
     if getattr(config_module.cfg_from_yaml_file, HOOK_MARK, False):
         return config_module
 
     def cfg_from_yaml_file(cfg_file, config):
-        with open(cfg_file, "r") as stream:
-            new_config = yaml.safe_load(stream)
+        new_config = load_yaml(cfg_file)
         _absolutize_bases(new_config, Path(cfg_file))
         config_module.merge_new_config(config=config, new_config=new_config)
         return config
