@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch, Wedge
 
+from .masking import voxel_centres_xy
 from .occupancy import masked_sector_cells
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,9 @@ def sample_mask(coords, mask, sample: int = 0) -> SampleMask:
 
 def voxel_ranges(coords_zyx: np.ndarray, voxel_size: Sequence[float],
                  point_cloud_range: Sequence[float]) -> np.ndarray:
-    """(N,) horizontal range in metres of voxel centres (same geometry as masking)."""
-    x = (coords_zyx[:, 2] + 0.5) * voxel_size[0] + point_cloud_range[0]
-    y = (coords_zyx[:, 1] + 0.5) * voxel_size[1] + point_cloud_range[1]
-    return np.hypot(x, y)
+    """(N,) horizontal range in metres of voxel centres (masking's own geometry)."""
+    coords = torch.from_numpy(np.pad(np.asarray(coords_zyx, dtype=np.int64), ((0, 0), (1, 0))))
+    return torch.linalg.norm(voxel_centres_xy(coords, voxel_size, point_cloud_range), dim=1).numpy()
 
 
 def achieved_ratios(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
