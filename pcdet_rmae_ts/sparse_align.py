@@ -1,4 +1,5 @@
-"""Exact site alignment between two sparse tensors at the same stride (vectorised)."""
+"""Sparse-site bookkeeping by linear keys (vectorised): exact alignment between two sparse
+tensors at the same stride, and coalescing of rows that share a site."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -12,6 +13,31 @@ def site_keys(indices: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tens
     for dim, size in enumerate(spatial_shape):
         key = key * int(size) + indices[:, dim + 1].long()
     return key
+
+
+def coalesce_sites(indices: torch.Tensor, features: torch.Tensor,
+                   spatial_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum the feature rows that share a site.
+
+    indices: (N, 1 + D) [b, ...]; features: (N, C). Returns (U,) int64 sorted site keys and
+    (U, C) summed features. x_conv4 stacks conv4/conv5/conv6 rows at stride-8 coordinates,
+    so one site can hold several rows; summing is what the BEV collapse does with them too.
+    """
+    keys = site_keys(indices, spatial_shape)
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    summed = features.new_zeros((unique.shape[0], features.shape[1])).index_add_(0, inverse, features)
+    return unique, summed
+
+
+def keys_to_indices(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`site_keys`: (U,) int64 keys -> (U, 1 + D) int32 [b, ...] indices."""
+    columns = []
+    rest = keys
+    for size in reversed([int(s) for s in spatial_shape]):
+        columns.append(torch.remainder(rest, size))
+        rest = torch.div(rest, size, rounding_mode="floor")
+    columns.append(rest)
+    return torch.stack(columns[::-1], 1).int()
 
 
 def lookup_keys(query: torch.Tensor, sorted_reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,12 @@
-"""Shared pieces of the Phase 2 teacher-student losses: exact sparse-site bookkeeping
-(coalescing, key lookup), per-scene averaging, InfoNCE rows and a DDP row gather."""
+"""Shared pieces of the Phase 2 teacher-student losses: scale lookup, per-scene averaging,
+InfoNCE rows and a DDP row gather (site bookkeeping lives in ``sparse_align``)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-from ..sparse_align import site_keys
 
 SCALE_NAMES = ("x_conv1", "x_conv2", "x_conv3", "x_conv4", "bev")
 
@@ -18,31 +16,6 @@ def scale_tensor(outputs: dict, scale: str):
     if scale == "bev":
         return outputs["encoded_spconv_tensor"]
     return outputs["multi_scale_3d_features"][scale]
-
-
-def coalesce_sites(indices: torch.Tensor, features: torch.Tensor,
-                   spatial_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sum the feature rows that share a site.
-
-    indices: (N, 1 + D) [b, ...]; features: (N, C). Returns (U,) int64 sorted site keys and
-    (U, C) summed features. x_conv4 stacks conv4/conv5/conv6 rows at stride-8 coordinates,
-    so one site can hold several rows; summing is what the BEV collapse does with them too.
-    """
-    keys = site_keys(indices, spatial_shape)
-    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    summed = features.new_zeros((unique.shape[0], features.shape[1])).index_add_(0, inverse, features)
-    return unique, summed
-
-
-def keys_to_indices(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`site_keys`: (U,) int64 keys -> (U, 1 + D) int32 [b, ...] indices."""
-    columns = []
-    rest = keys
-    for size in reversed([int(s) for s in spatial_shape]):
-        columns.append(torch.remainder(rest, size))
-        rest = torch.div(rest, size, rounding_mode="floor")
-    columns.append(rest)
-    return torch.stack(columns[::-1], 1).int()
 
 
 def per_scene_mean(values: torch.Tensor, batch: torch.Tensor, batch_size: int,

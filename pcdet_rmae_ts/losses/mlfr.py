@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compat import apply_spconv_cpu_fixes, import_spconv
-from ..sparse_align import lookup_keys
-from .common import SCALE_NAMES, coalesce_sites, keys_to_indices, per_scene_mean, scale_tensor
+from ..sparse_align import coalesce_sites, keys_to_indices, lookup_keys
+from .common import SCALE_NAMES, per_scene_mean, scale_tensor
 
 spconv = import_spconv()
 apply_spconv_cpu_fixes()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..compat import apply_spconv_cpu_fixes, import_spconv
+from ..sparse_align import coalesce_sites, keys_to_indices
 
 spconv = import_spconv()
 apply_spconv_cpu_fixes()
@@ -62,12 +63,11 @@ def _down_stage(c_in: int, c_out: int, kernel: int, stage: int) -> spconv.Sparse
 
 
 def collapse_to_bev(x) -> "spconv.SparseConvTensor":
-    """Drop z and sum the features of rows that land on the same (b, y, x) cell."""
-    indices = x.indices[:, [0, 2, 3]]
-    unique, inverse = torch.unique(indices, dim=0, return_inverse=True)
-    features = x.features.new_zeros((unique.shape[0], x.features.shape[1]))
-    features.index_add_(0, inverse, x.features)
-    return spconv.SparseConvTensor(features, unique, list(x.spatial_shape[1:]), x.batch_size)
+    """Drop z and sum the features of rows that land on the same (b, y, x) cell (rows sorted by
+    (b, y, x), as VoxelNeXt's ``torch.unique(dim=0)`` does)."""
+    shape = list(x.spatial_shape[1:])
+    keys, features = coalesce_sites(x.indices[:, [0, 2, 3]], x.features, shape)
+    return spconv.SparseConvTensor(features, keys_to_indices(keys, shape), shape, x.batch_size)
 
 
 class VoxelNeXtEncoder(nn.Module):
