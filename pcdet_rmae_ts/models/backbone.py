@@ -12,12 +12,13 @@ import copy
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import resolve_loss_config
 from ..masking import MASKING_KEYS, RadialMasker, masking_config_from_cfg
 from ..occupancy import (
     SOURCE_BY_STRIDE,
@@ -61,10 +62,9 @@ class LossWeights:
     teacher_student: float = 0.0
 
     @classmethod
-    def from_cfg(cls, loss_cfg) -> "LossWeights":
-        loss_cfg = loss_cfg or {}
-        return cls(rmae=float(loss_cfg.get("RMAE_WEIGHT", 1.0)),
-                   teacher_student=float(loss_cfg.get("TEACHER_STUDENT_WEIGHT", 0.0)))
+    def from_resolved(cls, weights: Mapping) -> "LossWeights":
+        """From the dict of ``config.resolve_loss_config`` (defaults and precedence live there)."""
+        return cls(rmae=float(weights["RMAE_WEIGHT"]), teacher_student=float(weights["TEACHER_STUDENT_WEIGHT"]))
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         self.voxel_size = [float(v) for v in voxel_size]
         self.point_cloud_range = [float(v) for v in point_cloud_range]
         self.pretraining = bool(model_cfg.get("PRETRAINING", False))
-        self.loss_weights = LossWeights.from_cfg(model_cfg.get("LOSS_CONFIG"))
+        # its own LOSS_CONFIG; the containers (PretrainModel, the detector) set the fully resolved weights
+        self.loss_weights = LossWeights.from_resolved(resolve_loss_config({"MODEL": {"BACKBONE_3D": model_cfg}}))
         self.teacher_cfg = TeacherConfig.from_cfg(model_cfg)
         self.forward_ret_dict: Dict[str, object] = {}
         self._forward_calls = 0

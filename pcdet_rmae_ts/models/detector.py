@@ -84,8 +84,7 @@ def _build_detector_class() -> type:
             backbone_cfg = model_cfg.get("BACKBONE_3D") or {}
             self.pretraining = bool(backbone_cfg.get("PRETRAINING", False))
             weights = resolve_detector_loss_config(model_cfg)
-            self.loss_weights = LossWeights(rmae=weights["RMAE_WEIGHT"],
-                                            teacher_student=weights["TEACHER_STUDENT_WEIGHT"])
+            self.loss_weights = LossWeights.from_resolved(weights)
             self.detection_weight = float(weights["DETECTION_WEIGHT"])
             self.ema_total_steps: Optional[int] = None
             self._check_mode()

@@ -22,8 +22,7 @@ def configure_pretraining_losses(backbone: RMAECMAEBackbonePhase1, backbone_cfg:
     """Give a pretraining backbone its resolved loss weights, attach the enabled Phase 2 losses, and
     freeze the projection heads when no teacher-student loss trains them (Phase 1). Shared by the
     pcdet-free PretrainModel and the OpenPCDet detector. Returns the weights in force."""
-    weights = loss_weights or LossWeights(rmae=float(loss_config.get("RMAE_WEIGHT", 1.0)),
-                                          teacher_student=float(loss_config.get("TEACHER_STUDENT_WEIGHT", 0.0)))
+    weights = loss_weights or LossWeights.from_resolved(loss_config)
     # The backbone decides from its weights whether the teacher runs every step; LOSS_CONFIG may sit
     # at the top level, outside BACKBONE_3D, so it is told the resolved ones.
     backbone.loss_weights = weights
@@ -69,9 +68,7 @@ class PretrainModel(nn.Module):
         weights = resolve_loss_config(cfg)
         return cls(cfg.MODEL, dataset.point_feature_encoder.num_point_features, dataset.grid_size,
                    dataset.voxel_size, dataset.point_cloud_range,
-                   LossWeights(rmae=float(weights["RMAE_WEIGHT"]),
-                               teacher_student=float(weights["TEACHER_STUDENT_WEIGHT"])),
-                   loss_config=weights)
+                   LossWeights.from_resolved(weights), loss_config=weights)
 
     def update_global_step(self) -> None:
         self.global_step += 1
