@@ -6,6 +6,11 @@ prints its losses' finiteness and a checksum of its EMA teacher (parameters and 
 compares the checksums across ranks. Usage (PYTHONPATH=.):
   python benchmarks/bench_ddp.py --out r1.json
   torchrun --nproc_per_node 2 benchmarks/bench_ddp.py --out r2.json
+Diagnostics for a scaling shortfall: ``--independent`` (each torchrun process trains alone, no
+gradient all-reduce: what N processes on one host cost without communication), ``--same-data``
+(every rank trains the same batches with the same masks: no load imbalance between ranks),
+``--ddp-options '{"gradient_as_bucket_view": true}'`` and ``--profile DIR`` (a torch.profiler table
+per rank over 3 more steps).
 """
 from __future__ import annotations
 
@@ -44,6 +49,22 @@ def checksum(module: torch.nn.Module, which: str) -> tuple:
     return total, h.hexdigest()
 
 
+def profile_steps(step, first: int, device: torch.device, out: Path, steps: int = 3) -> None:
+    """torch.profiler tables (by device time, then by CPU time) over ``steps`` more steps."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(first + i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    averages = prof.key_averages()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(averages.table(sort_by=key, row_limit=30) + "\n\nby CPU total:\n"
+                   + averages.table(sort_by="cpu_time_total", row_limit=30))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=32)
@@ -54,6 +75,10 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None)
     parser.add_argument("--quick", action="store_true", help="reduced grid (CPU check, gloo)")
+    parser.add_argument("--independent", action="store_true", help="under torchrun, but no DDP wrapper")
+    parser.add_argument("--same-data", action="store_true", help="every rank: the same batches and masks")
+    parser.add_argument("--ddp-options", default="{}", help="JSON dict of DistributedDataParallel keywords")
+    parser.add_argument("--profile", default=None, help="folder for per-rank torch.profiler tables")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -78,17 +103,21 @@ def main() -> None:
     cfg = data_cfg(path, args.quick)
     # each rank stages its own shard (DistributedSampler inside build_dataloader when distributed)
     from pcdet_rmae_ts.data import build_dataloader
+    shard = distributed and not args.same_data
     dataset, loader, sampler = build_dataloader(cfg, ["dumptruck", "excavator", "grader", "roller"],
-                                                batch_size=args.batch_size, dist=distributed, workers=4,
+                                                batch_size=args.batch_size, dist=shard, workers=4,
                                                 seed=0, training=True, pin_memory=False)
     from pcdet_rmae_ts.engine.batch import batch_to_device
     sampler.set_epoch(0)
     batches = [batch_to_device({k: v for k, v in b.items() if k != "points"}, device) for b in loader]
-    model_cfg = row_config("ema", masking_seed=rank)
+    if not shard:
+        batches = batches[:max(1, len(dataset) // (args.batch_size * world))]  # as many as one shard holds
+    model_cfg = row_config("ema", masking_seed=0 if args.same_data else rank)
     torch.manual_seed(0)
     model = build_model("ema", model_cfg, dataset).to(device).train()
-    if distributed:
-        model = wrap_ddp(model, device, local)  # as the engine does
+    wrapped = distributed and not args.independent
+    if wrapped:
+        model = wrap_ddp(model, device, local, **json.loads(args.ddp_options))  # as the engine does
     total = args.warmup + args.steps
     trainer = make_trainer(model, model_cfg, batches, device, args.amp, epochs=-(-total // len(batches)))
     state = TrainState()
@@ -99,12 +128,17 @@ def main() -> None:
         state.it += 1
 
     times = Timer(device)(step, args.warmup, args.steps)
-    trainer._sync_buffers()  # what the engine does at each epoch end
+    if args.profile:
+        profile_steps(step, args.warmup + args.steps, device, Path(args.profile) / f"rank{rank}.txt")
+    if wrapped:
+        trainer._sync_buffers()  # what the engine does at each epoch end
     median = statistics.median(times)
-    inner = model.module if distributed else model
+    inner = model.module if wrapped else model
     teacher = torch.nn.ModuleDict({"encoder": inner.backbone_3d.teacher,
                                    "projector": inner.backbone_3d.teacher_projector})
+    voxels = [int(b["voxel_coords"].shape[0]) for b in batches]
     mine = {"rank": rank, "median_ms": median, "frames_per_s_rank": args.batch_size * 1e3 / median,
+            "step_ms": times, "mean_voxels_per_batch": float(np.mean(voxels)),
             "losses_finite": bool(np.all(np.isfinite(losses))), "last_loss": losses[-1],
             "teacher_params": checksum(teacher, "params"), "teacher_buffers": checksum(teacher, "buffers"),
             "student_params": checksum(inner.backbone_3d, "params")}
@@ -115,7 +149,10 @@ def main() -> None:
         dist.all_gather_object(gathered, mine)
     if rank == 0:
         slowest = max(g["median_ms"] for g in gathered)
-        result = {"world_size": world, "batch_per_gpu": args.batch_size, "amp": args.amp,
+        variant = ("independent" if args.independent else "ddp" if distributed else "single") + \
+            (" same-data" if args.same_data else "") + (f" {args.ddp_options}" if args.ddp_options != "{}" else "")
+        result = {"variant": variant, "world_size": world, "batch_per_gpu": args.batch_size, "amp": args.amp,
+                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
                   "card": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
                   "frames_per_s": world * args.batch_size * 1e3 / slowest, "ranks": gathered,
                   "teacher_params_identical": len({tuple(g["teacher_params"]) for g in gathered}) == 1,

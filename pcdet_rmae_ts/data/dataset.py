@@ -128,10 +128,13 @@ class PretrainDataset(torch.utils.data.Dataset):
         rng = self.sample_rng(index, epoch)
         points = read_points(path, self.point_feature_encoder.num_src_features)
         data: dict[str, Any] = {"frame_id": self.frame_ids[index]}
+        # encode before augmenting (OpenPCDet does the reverse): the augmentations touch only x, y, z,
+        # which the encoder keeps first, so the result is the same and they copy fewer columns
+        points = self.point_feature_encoder(points, str(path))
         if self.data_augmentor is not None:
             points, info = self.data_augmentor(points, rng)
             data.update(info)
-        data["points"] = self.point_feature_encoder(points, str(path))
+        data["points"] = points
         data["use_lead_xyz"] = True
         return self.data_processor(data, rng, source=str(path))
 
@@ -161,10 +164,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         for key in batch_list[0]:
             values = [sample[key] for sample in batch_list]
             if key in ("points", "voxel_coords"):
-                dtype = np.float32 if key == "points" else np.int32
-                padded = [np.pad(v, ((0, 0), (1, 0)), mode="constant", constant_values=i)
-                          for i, v in enumerate(values)]
-                batch[key] = np.concatenate(padded, axis=0).astype(dtype, copy=False)
+                rows = np.concatenate(values, axis=0)
+                batch[key] = np.empty((len(rows), 1 + rows.shape[1]), np.float32 if key == "points" else np.int32)
+                batch[key][:, 0] = np.repeat(np.arange(len(values)), [len(v) for v in values])
+                batch[key][:, 1:] = rows
             elif key in ("voxels", "voxel_num_points"):
                 batch[key] = np.concatenate(values, axis=0)
             elif key == "frame_id":

@@ -38,15 +38,16 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int, **options) -> torch.nn.Module:
     """DistributedDataParallel without the per-forward buffer broadcast.
 
     The BN running statistics (hundreds of small buffers, student and EMA teacher) are not used by
     train-mode forwards, and broadcasting them before every forward costs one collective per buffer
     on a step that is already host-bound; the trainer gives every rank rank 0's buffers at each epoch
-    end instead (``Trainer._sync_buffers``), before checkpoints are written."""
+    end instead (``Trainer._sync_buffers``), before checkpoints are written. ``options``: more
+    DistributedDataParallel keywords (the DDP benchmark tries some)."""
     ddp = torch.nn.parallel.DistributedDataParallel
     # torch >= 2.13 renames the switch (and still syncs buffers once at construction, which is fine here)
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                else {"broadcast_buffers": False})
-    return ddp(model, device_ids=[local_rank] if device.type == "cuda" else None, **no_sync)
+    return ddp(model, device_ids=[local_rank] if device.type == "cuda" else None, **{**no_sync, **options})
