@@ -17,8 +17,10 @@ from pathlib import Path
 
 import easydict
 import numpy as np
+import torch
 
 from pcdet_rmae_ts.data import PretrainDataset, build_dataloader
+from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer
 from pcdet_rmae_ts.data.synthetic import ensure_dataset
 
 _LOG = logging.getLogger("bench_data")
@@ -76,6 +78,23 @@ def bench_loader(cfg: easydict.EasyDict, workers: int, batch_size: int, repeats:
     fps = frames / elapsed
     return {"workers": workers, "batch_size": batch_size, "frames": frames, "seconds": elapsed,
             "frames_per_s": fps, "frames_per_s_per_worker": fps / max(workers, 1)}
+
+
+def time_voxelizer(cfg, batch_size: int, device: torch.device, repeats: int = 10) -> float:
+    dataset, loader, sampler = build_dataloader(cfg, None, batch_size, workers=0, seed=0, as_tensors=True)
+    sampler.set_epoch(0)
+    points = next(iter(loader))["points"].to(device)
+    voxelizer = BatchVoxelizer.from_dataset(dataset)
+    times = []
+    for _ in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        voxelizer(points, batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[2:])[len(times[2:]) // 2] * 1000
 
 
 def main() -> None:

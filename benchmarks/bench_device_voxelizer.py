@@ -13,34 +13,14 @@ import copy
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import bench_loader, isarc_cfg  # noqa: E402
+from bench_data import bench_loader, isarc_cfg, time_voxelizer  # noqa: E402
 
-from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
-from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer  # noqa: E402
 from pcdet_rmae_ts.data.synthetic import write_dataset  # noqa: E402
-
-
-def time_voxelizer(cfg, batch_size: int, device: torch.device, repeats: int = 10) -> float:
-    dataset, loader, sampler = build_dataloader(cfg, None, batch_size, workers=0, seed=0, as_tensors=True)
-    sampler.set_epoch(0)
-    points = next(iter(loader))["points"].to(device)
-    voxelizer = BatchVoxelizer.from_dataset(dataset)
-    times = []
-    for _ in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        voxelizer(points, batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times[2:])[len(times[2:]) // 2] * 1000
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ AdamW step, EMA update). Usage (PYTHONPATH=.):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import multiprocessing
@@ -36,7 +37,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_data import CLASSES, bench_loader, isarc_cfg  # noqa: E402
+from bench_data import CLASSES, bench_loader, isarc_cfg, time_voxelizer  # noqa: E402
 
 from pcdet_rmae_ts.config import cfg_from_yaml_file  # noqa: E402
 from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
@@ -46,7 +47,7 @@ from pcdet_rmae_ts.engine.trainer import LoopConfig, Trainer, TrainState  # noqa
 from pcdet_rmae_ts.models.encoder import VoxelNeXtEncoder  # noqa: E402
 from pcdet_rmae_ts.models.pretrain_model import PretrainModel  # noqa: E402
 from pcdet_rmae_ts.models.vfe import MeanVFE  # noqa: E402
-from pcdet_rmae_ts.occupancy import occupancy_targets  # noqa: E402
+from pcdet_rmae_ts.occupancy import masked_sector_cells, occupancy_targets  # noqa: E402
 from pcdet_rmae_ts.optim import build_scheduler, create_optimizer_with_differential_lr  # noqa: E402
 
 _LOG = logging.getLogger("bench_pretrain")
@@ -254,7 +255,8 @@ def bench_masking(batches: list, dataset, device, warmup: int, steps: int) -> di
     def masked_cells(i: int):
         coords = batches[i % len(batches)]["voxel_coords"]
         b = int(batches[i % len(batches)]["batch_size"])
-        bb._masked_cells(bb.masker(coords, b), b, coords.device)
+        masked_sector_cells(bb.masker(coords, b), b, bb.occupancy_shape[1:], bb.occupancy_cfg.stride,
+                            bb.voxel_size, bb.point_cloud_range)
 
     out = {"masking_plus_targets_ms": statistics.median(timer(mask_and_targets, warmup, steps)),
            "masking_plus_masked_cells_ms": statistics.median(timer(masked_cells, warmup, steps))}
@@ -285,6 +287,20 @@ def profile_step(row: str, batches: list, dataset, device, amp: bool, out_path: 
     if out_path is not None:
         out_path.write_text(table + "\n\nby CPU total:\n" + cpu_table)
     return table
+
+
+def bench_loaders(cfg, workers: List[int], batch_size: int, device: torch.device) -> dict:
+    """Training-loader frames/s with each worker count, for voxelisation in the workers and for the
+    shipped ``VOXELIZE_ON_DEVICE: True`` (workers read/augment/crop; the batch is voxelised on the
+    device, whose time per batch is reported too)."""
+    deferred = copy.deepcopy(cfg)
+    deferred.VOXELIZE_ON_DEVICE = True
+    rows = []
+    for mode, c in (("on device", deferred), ("in workers", cfg)):
+        for w in workers:
+            rows.append({"voxelization": mode, **bench_loader(c, w, batch_size, repeats=2)})
+            _LOG.info("%s", rows[-1])
+    return {"rows": rows, "device_voxelize_ms_per_batch": time_voxelizer(deferred, batch_size, device)}
 
 
 # ----------------------------------------------------------------------------- convergence
@@ -370,8 +386,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--warmup", type=int, default=None, help="default 5 (quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (quick 3)")
-    parser.add_argument("--loader-workers", type=int, default=4, help="workers of the loader benchmark (0: skip)")
-    parser.add_argument("--loader-batch", type=int, default=8)
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[4],
+                        help="worker counts of the loader benchmark (0: skip)")
+    parser.add_argument("--loader-batch", type=int, default=None, help="default 8 (quick: 2)")
     parser.add_argument("--curves", type=int, default=0, help="fp32-vs-AMP demo loss curves over N steps")
     parser.add_argument("--profile", default=None, help="write a torch.profiler table of 'ema' (largest batch) here")
     parser.add_argument("--out", default=None, help="write results as JSON here")
@@ -380,6 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = args.quick
     args.frames = args.frames or (4 if quick else 32)
     args.batch_sizes = args.batch_sizes or ([2] if quick else [4, 8])
+    args.loader_batch = args.loader_batch or (2 if quick else 8)
     args.precisions = args.precisions or (["fp32"] if args.device.type == "cpu" else ["fp32", "amp"])
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 5)
     args.steps = args.steps or (3 if quick else 20)
@@ -430,8 +448,8 @@ def main(argv=None) -> dict:
         for r in results["rows"]:
             if r["row"] == "ema" and str(r["batch"]) == key and "median_ms" in r:
                 m[f"share_of_ema_step_{r['precision']}"] = m["masking_plus_targets_ms"] / r["median_ms"]
-    if args.loader_workers > 0:
-        results["loader"] = bench_loader(cfg, args.loader_workers, args.loader_batch, repeats=2)
+    if any(w > 0 for w in args.loader_workers):
+        results["loader"] = bench_loaders(cfg, [w for w in args.loader_workers if w > 0], args.loader_batch, device)
     if args.profile:
         bmax = max(args.batch_sizes)
         profile_step("ema", staged[bmax][1], dataset, device, "amp" in args.precisions, Path(args.profile))
@@ -441,9 +459,12 @@ def main(argv=None) -> dict:
     for key, m in results["masking"].items():
         report.append(f"batch {key}: masking + occupancy targets {m['masking_plus_targets_ms']:.2f} ms; "
                       + ", ".join(f"{k} {v:.3%}" for k, v in m.items() if k.startswith("share")))
+    for lo in results.get("loader", {}).get("rows", []):
+        report.append(f"loader ({lo['voxelization']}): {lo['workers']} workers, batch {lo['batch_size']}: "
+                      f"{lo['frames_per_s']:.1f} frames/s")
     if "loader" in results:
-        lo = results["loader"]
-        report.append(f"loader: {lo['workers']} workers, batch {lo['batch_size']}: {lo['frames_per_s']:.1f} frames/s")
+        report.append(f"device voxelisation of a batch of {args.loader_batch}: "
+                      f"{results['loader']['device_voxelize_ms_per_batch']:.2f} ms")
     if "curves" in results:
         c = results["curves"]
         report.append(f"curves over {c['steps']} demo steps: {c['summary']}; max |fp32-amp| {c['max_abs_diff']:.4f}")

@@ -1,0 +1,9 @@
+# Source on the accelerator machine: unpack the GPU kit (spconv, easydict, tensorboardX; made by
+# ../shared/tools/gpu-kit.sh into .gpu-kit/) and put it and the repository on PYTHONPATH.
+mkdir -p .gpu-site && tar -xJf .gpu-kit/kit.tar.xz -C .gpu-site
+export PYTHONPATH=$PWD/.gpu-site:$PWD
+export OUT=${OUT:-/tmp/bench_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+echo "cpus $(nproc)"
+python -c "import torch, spconv; print('torch', torch.__version__, 'spconv', spconv.__version__)"
