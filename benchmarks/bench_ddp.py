@@ -138,7 +138,7 @@ def main() -> None:
                                    "projector": inner.backbone_3d.teacher_projector})
     voxels = [int(b["voxel_coords"].shape[0]) for b in batches]
     mine = {"rank": rank, "median_ms": median, "frames_per_s_rank": args.batch_size * 1e3 / median,
-            "step_ms": times, "mean_voxels_per_batch": float(np.mean(voxels)),
+            "mean_ms": float(np.mean(times)), "step_ms": times, "mean_voxels_per_batch": float(np.mean(voxels)),
             "losses_finite": bool(np.all(np.isfinite(losses))), "last_loss": losses[-1],
             "teacher_params": checksum(teacher, "params"), "teacher_buffers": checksum(teacher, "buffers"),
             "student_params": checksum(inner.backbone_3d, "params")}

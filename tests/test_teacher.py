@@ -39,4 +39,23 @@ def test_frozen_bn_buffers_keep_running_stats():
     for key, value in bn.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert abs(float(out.mean())) < 1e-5  # batch statistics were used
-    assert bn.momentum == 0.1
+    assert bn.momentum == 0.1 and bn.track_running_stats
+    with frozen_bn_buffers(bn):
+        bn.eval()
+        out = bn(torch.full((4, 3), 2.0))
+    torch.testing.assert_close(out, torch.full((4, 3), 2.0) / math.sqrt(1 + bn.eps))  # eval: running stats
+
+
+def test_ema_update_copies_integer_buffers_and_matches_a_per_tensor_update():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    student(torch.randn(5, 4))  # num_batches_tracked = 1, running stats moved
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.data.uniform_()
+    expected = {n: 0.99 * p + 0.01 * dict(student.named_parameters())[n] for n, p in teacher.named_parameters()}
+    student(torch.randn(5, 4))
+    ema_update(teacher, student, 0.99)
+    for name, p in teacher.named_parameters():
+        torch.testing.assert_close(p, expected[name])
+    assert int(teacher[1].num_batches_tracked) == 2
