@@ -1,6 +1,6 @@
 # Source on the accelerator machine: unpack the GPU kit (spconv, easydict, tensorboardX; made by
 # ../shared/tools/gpu-kit.sh into .gpu-kit/) and put it and the repository on PYTHONPATH.
-mkdir -p .gpu-site && tar -xJf .gpu-kit/kit.tar.xz -C .gpu-site
+[ -d .gpu-site/spconv ] || { mkdir -p .gpu-site && tar -xJf .gpu-kit/kit.tar.xz -C .gpu-site; }
 export PYTHONPATH=$PWD/.gpu-site:$PWD
 export OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
