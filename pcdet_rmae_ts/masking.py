@@ -9,9 +9,10 @@ on the input's device; reproducible from a ``torch.Generator``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -117,12 +118,19 @@ class MaskResult:
         return self.sector_selected[batch_idx, sector]
 
 
+@functools.lru_cache(maxsize=None)
+def device_constant(values: Tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """float32 tensor of ``values`` on ``device``, made once and shared (do not modify it):
+    ``torch.tensor(list, device='cuda')`` is a blocking copy, a host sync on every call."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def voxel_centres_xy(coords: torch.Tensor, voxel_size: Sequence[float],
                      point_cloud_range: Sequence[float]) -> torch.Tensor:
     """(N, 2) metric x, y of voxel centres from (N, 4) [b, z, y, x] coords."""
     ixy = coords[:, [3, 2]].to(torch.float32)
-    size = torch.as_tensor(voxel_size[:2], dtype=torch.float32, device=coords.device)
-    origin = torch.as_tensor(point_cloud_range[:2], dtype=torch.float32, device=coords.device)
+    size = device_constant(tuple(float(v) for v in voxel_size[:2]), coords.device)
+    origin = device_constant(tuple(float(v) for v in point_cloud_range[:2]), coords.device)
     return (ixy + 0.5) * size + origin
 
 
@@ -134,7 +142,8 @@ def sector_index(xy: torch.Tensor, offset_deg: torch.Tensor, width: float, count
 
 
 def bin_sum(index: torch.Tensor, size: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(size,) sum of ``weights`` (float32; counts when None) per bin of (N,) long ``index``.
+    """(size,) sum of ``weights`` (float32, (N,); counts when None) per bin of (N,) long ``index``;
+    (size, K) for (N, K) weights.
 
     A scatter_add of ~1M rows into a few bins (samples, bands) serialises on the atomics of
     those few addresses (~1 ms each on an H100); spreading each bin over 256 lanes, then
@@ -142,9 +151,9 @@ def bin_sum(index: torch.Tensor, size: int, weights: Optional[torch.Tensor] = No
     lanes = 256
     values = torch.ones_like(index, dtype=torch.float32) if weights is None else weights.float()
     lane = torch.arange(index.shape[0], device=index.device) % lanes
-    out = torch.zeros(size * lanes, dtype=torch.float32, device=index.device)
-    out.scatter_add_(0, index * lanes + lane, values)
-    return out.view(size, lanes).sum(1)
+    out = values.new_zeros((size * lanes,) + tuple(values.shape[1:]))
+    out.index_add_(0, index * lanes + lane, values)
+    return out.view((size, lanes) + tuple(values.shape[1:])).sum(1)
 
 
 def rank_within_group(group: torch.Tensor, num_groups: int, generator: torch.Generator) -> torch.Tensor:
@@ -223,7 +232,7 @@ class RadialMasker:
         device = batch.device
         cell = batch * num + sector
         if cfg.two_stage:
-            probs = torch.tensor(cfg.band_probs, dtype=torch.float32, device=device)
+            probs = device_constant(tuple(cfg.band_probs), device)
             mass = bin_sum(cell, batch_size * num, probs[band])
             voxels = bin_sum(batch, batch_size)
             target = cfg.masked_ratio * voxels
@@ -264,7 +273,7 @@ class RadialMasker:
         cfg = self.config
         if not cfg.two_stage:
             return torch.ones_like(in_selected)
-        probs = torch.tensor(cfg.band_probs, dtype=torch.float32, device=batch.device)[band]
+        probs = device_constant(tuple(cfg.band_probs), batch.device)[band]
         if cfg.bernoulli:
             return torch.rand(batch.shape[0], device=batch.device, generator=gen) < probs
         # exact count per (sample, band) among the voxels of selected sectors
@@ -280,8 +289,7 @@ class RadialMasker:
         floor = self.config.min_kept_voxels
         if floor == 0:
             return keep
-        total = bin_sum(batch, batch_size).long()
-        kept = bin_sum(batch, batch_size, keep).long()
+        total, kept = bin_sum(batch, batch_size, torch.stack([torch.ones_like(keep), keep], 1)).long().unbind(1)
         deficit = (torch.clamp(total, max=floor) - kept).clamp(min=0)
         group = batch * 2 + keep.long()  # rank the masked voxels of each sample
         ranks = rank_within_group(group, batch_size * 2, gen)
@@ -291,9 +299,8 @@ class RadialMasker:
         """(scalar stats for logging, (B,) per-sample ratio, (B, 3) per-sample-and-band ratio), from
         one pair of per-(sample, band) sums; masked reductions, so no host sync on the training step."""
         masked = (~keep).float()
-        cell = batch * 3 + band
-        masked_sb = bin_sum(cell, batch_size * 3, masked).view(batch_size, 3)
-        total_sb = bin_sum(cell, batch_size * 3).view(batch_size, 3)
+        sums = bin_sum(batch * 3 + band, batch_size * 3, torch.stack([masked, torch.ones_like(masked)], 1))
+        masked_sb, total_sb = sums[:, 0].view(batch_size, 3), sums[:, 1].view(batch_size, 3)
         sample_band_ratio = masked_sb / total_sb.clamp(min=1.0)
         counts = total_sb.sum(1)
         sample_ratio = masked_sb.sum(1) / counts.clamp(min=1.0)

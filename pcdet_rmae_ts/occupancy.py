@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masking import device_constant
+
 # Stride 8 decodes from the encoder's 2D BEV output (so conv_out/shared_conv, which the
 # detection head uses, are pretrained too); stride 4 from the 3D x_conv3 sites.
 SOURCE_BY_STRIDE = {8: "encoded_spconv_tensor", 4: "x_conv3"}
@@ -149,7 +151,7 @@ class OccupancyDecoder(nn.Module):
 def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None,
                    pos_weight: Optional[float] = None, focal_gamma: float = 0.0) -> torch.Tensor:
     """BCE-with-logits averaged over each sample's valid cells, then over the batch."""
-    weight = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+    weight = None if pos_weight is None else device_constant((float(pos_weight),), logits.device)
     loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
     if focal_gamma > 0:
         p_true = torch.where(target > 0.5, torch.sigmoid(logits), 1 - torch.sigmoid(logits))

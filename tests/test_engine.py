@@ -148,3 +148,13 @@ def test_two_process_gloo_ddp_keeps_parameters_equal(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DDP-PARAMS-EQUAL" in result.stdout
     assert (run_dir(tmp_path) / "ckpt" / "checkpoint_epoch_1.pth").exists()
+
+
+def test_default_workers_share_the_cpus_between_processes(monkeypatch):
+    from pcdet_rmae_ts.engine import pretrain
+    monkeypatch.setattr(pretrain.os, "cpu_count", lambda: 32)
+    assert pretrain.default_workers(1) == 8  # capped
+    assert pretrain.default_workers(8) == 4  # 32 CPUs over 8 GPU processes
+    monkeypatch.setattr(pretrain.os, "cpu_count", lambda: 2)
+    assert pretrain.default_workers(4) == 1  # never 0 (0 would load in the training process)
+    assert pretrain.build_arg_parser().parse_args(["--cfg_file", "x.yaml"]).workers is None
