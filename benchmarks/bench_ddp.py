@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--same-data", action="store_true", help="every rank: the same batches and masks")
     parser.add_argument("--ddp-options", default="{}", help="JSON dict of DistributedDataParallel keywords")
     parser.add_argument("--profile", default=None, help="folder for per-rank torch.profiler tables")
+    parser.add_argument("--set-device", action="store_true", help="torch.cuda.set_device also without torchrun")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -93,6 +94,8 @@ def main() -> None:
         dist.init_process_group("nccl" if cuda else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda and args.set_device:
+        torch.cuda.set_device(device)
     profile = "demo" if args.quick else "dense"
     root = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "pcdet_rmae_ts_bench"
     path = root / f"{profile}_{args.frames}"
@@ -149,8 +152,9 @@ def main() -> None:
         dist.all_gather_object(gathered, mine)
     if rank == 0:
         slowest = max(g["median_ms"] for g in gathered)
-        variant = ("independent" if args.independent else "ddp" if distributed else "single") + \
-            (" same-data" if args.same_data else "") + (f" {args.ddp_options}" if args.ddp_options != "{}" else "")
+        variant = " ".join([("independent" if args.independent else "ddp" if distributed else "single")]
+                           + (["same-data"] if args.same_data else []) + (["set-device"] if args.set_device else [])
+                           + ([args.ddp_options] if args.ddp_options != "{}" else []))
         result = {"variant": variant, "world_size": world, "batch_per_gpu": args.batch_size, "amp": args.amp,
                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
                   "card": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
