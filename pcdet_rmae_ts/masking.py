@@ -121,7 +121,7 @@ class MaskResult:
 @functools.lru_cache(maxsize=None)
 def device_constant(values: Tuple[float, ...], device: torch.device) -> torch.Tensor:
     """float32 tensor of ``values`` on ``device``, made once and shared (do not modify it):
-    ``torch.tensor(list, device='cuda')`` is a blocking copy, a host sync on every call."""
+    ``torch.tensor(list)`` onto a GPU is a blocking copy, a host sync on every call."""
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # DDP scaling of the EMA-teacher step and its diagnostics (needs 2 GPUs): results in $OUT.
 source benchmarks/suite/gpu_env.sh
-D=/tmp/pcdet_rmae_ts_bench
-run() { timeout 150 "$@" 2>&1 | grep -E '^\{|Error|error' | tail -3; }
 run python benchmarks/bench_ddp.py --amp --data $D --out $OUT/ddp_single.json
 run torchrun --nproc_per_node 1 benchmarks/bench_ddp.py --amp --data $D --out $OUT/ddp_torchrun1.json
 run torchrun --nproc_per_node 2 benchmarks/bench_ddp.py --amp --data $D --out $OUT/ddp_x2.json

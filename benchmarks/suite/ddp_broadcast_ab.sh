@@ -2,8 +2,6 @@
 # A/B of DDP's per-forward buffer broadcast (torch's default) against the engine's setting (off),
 # alternated, with one-GPU references before and after: results in $OUT.
 source benchmarks/suite/gpu_env.sh
-D=/tmp/pcdet_rmae_ts_bench
-run() { timeout 100 "$@" 2>&1 | grep -E '^\{|Error|error' | tail -2; }
 run python benchmarks/bench_ddp.py --amp --data $D --steps 40 --out $OUT/single_1.json
 for round in 1 2; do
   run torchrun --nproc_per_node 2 benchmarks/bench_ddp.py --amp --data $D --steps 40 --out $OUT/x2_engine_$round.json

@@ -7,3 +7,6 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "cpus $(nproc)"
 python -c "import torch, spconv; print('torch', torch.__version__, 'spconv', spconv.__version__)"
+# frames shared by every benchmark of a machine start; run: one benchmark, its JSON lines and errors only
+D=/tmp/pcdet_rmae_ts_bench
+run() { timeout "${RUN_LIMIT_S:-150}" "$@" 2>&1 | grep -E '^\{|Error|error' | tail -3; }

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # One GPU: plain python vs torchrun --nproc_per_node 1 (DDP of one) vs plain python with set_device.
 source benchmarks/suite/gpu_env.sh
-D=/tmp/pcdet_rmae_ts_bench
-run() { timeout 100 "$@" 2>&1 | grep -E '^\{|Error|error' | tail -2; }
 for round in 1 2; do
   run python benchmarks/bench_ddp.py --amp --data $D --steps 40 --out $OUT/python_$round.json
   run torchrun --nproc_per_node 1 benchmarks/bench_ddp.py --amp --data $D --steps 40 --out $OUT/torchrun1_$round.json
