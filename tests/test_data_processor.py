@@ -112,3 +112,13 @@ def test_processor_pickles_after_use():
     a = proc({"points": _points(1)}, np.random.default_rng(1))
     b = clone({"points": _points(1)}, np.random.default_rng(1))
     np.testing.assert_array_equal(a["voxel_coords"], b["voxel_coords"])
+
+
+def test_deferred_voxel_check_looks_past_the_first_points():
+    processor = DataProcessor([{"NAME": "transform_points_to_voxels", "VOXEL_SIZE": [0.1, 0.1, 0.2],
+                                "MAX_POINTS_PER_VOXEL": 5, "MAX_NUMBER_OF_VOXELS": {"train": 10, "test": 10}}],
+                              RANGE, True, 3, defer_voxelization=True)
+    above = np.tile(np.array([[0.0, 0.0, 5.0]], np.float32), (10000, 1))  # x, y inside; z above the range
+    processor.check_voxels_exist(np.concatenate([above, [[0.0, 0.0, 0.0]]]).astype(np.float32), "late.npy")
+    with pytest.raises(BadSampleError, match="above.npy"):
+        processor.check_voxels_exist(above, "above.npy")

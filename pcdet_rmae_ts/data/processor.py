@@ -167,13 +167,13 @@ class DataProcessor:
     def check_voxels_exist(self, points: np.ndarray, source: str) -> None:
         """The BadSampleError ``voxelize`` would raise, for deferred voxelisation: no point inside
         the full 3D range (upper bounds exclusive, as in the voxel grid)."""
+        r = self.point_cloud_range
+
         def any_inside(pts: np.ndarray) -> bool:
             x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-            r = self.point_cloud_range
             return bool(((x >= r[0]) & (x < r[3]) & (y >= r[1]) & (y < r[4]) & (z >= r[2]) & (z < r[5])).any())
 
         # a good frame almost always has a point inside among its first few thousand
         if not (any_inside(points[:4096]) or any_inside(points)):
-            r = self.point_cloud_range
             raise BadSampleError(f"{source}: no point falls inside POINT_CLOUD_RANGE {r.tolist()}, "
                                  f"so there are no voxels")

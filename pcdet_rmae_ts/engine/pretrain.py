@@ -23,8 +23,8 @@ from .dist import get_rank, init_dist_pytorch, wrap_ddp
 from .logging_utils import create_logger
 from .trainer import LoopConfig, Trainer, TrainState
 
-# At the user's grid one worker reads, augments and crops ~19 frames/s on an H100 host's core
-# (benchmarks/README.md): OpenPCDet's default of 4 could not feed an AMP pretraining step (~100 frames/s).
+# At the user's grid one worker reads, augments and crops ~25 frames/s on an H100 host's core
+# (benchmarks/README.md): OpenPCDet's default of 4 barely feeds an AMP pretraining step (~110 frames/s).
 MAX_DEFAULT_WORKERS = 8
 
 
