@@ -66,7 +66,8 @@ def bench_in_process(cfg: easydict.EasyDict, repeats: int) -> dict:
 def long_split(cfg: easydict.EasyDict, workers: int, batch_size: int) -> easydict.EasyDict:
     """``cfg`` reading a split that lists the training frames as often as needed for >= 4 batches per
     worker per epoch: with fewer, each epoch waits for one worker's first batch, and the figure is
-    that latency, not the steady throughput of the workers."""
+    that latency, not the steady throughput of the workers. Writes ``ImageSets/bench_loader.txt``
+    in the dataset folder (the only file a benchmark adds to a dataset given with ``--data``)."""
     root = Path(cfg.DATA_PATH)
     ids = (root / "ImageSets" / f"{cfg.DATA_SPLIT['train']}.txt").read_text().split()
     copies = -(-4 * max(workers, 1) * batch_size // len(ids))
@@ -96,6 +97,7 @@ def bench_loader(cfg: easydict.EasyDict, workers: int, batch_size: int, repeats:
 
 
 def time_voxelizer(cfg, batch_size: int, device: torch.device, repeats: int = 10) -> float:
+    """Median ms of BatchVoxelizer on one collated batch already on ``device`` (VOXELIZE_ON_DEVICE)."""
     dataset, loader, sampler = build_dataloader(cfg, None, batch_size, workers=0, seed=0, as_tensors=True)
     sampler.set_epoch(0)
     points = next(iter(loader))["points"].to(device)

@@ -9,8 +9,9 @@ compares the checksums across ranks. Usage (PYTHONPATH=.):
 Diagnostics for a scaling shortfall: ``--independent`` (each torchrun process trains alone, no
 gradient all-reduce: what N processes on one host cost without communication), ``--same-data``
 (every rank trains the same batches with the same masks: no load imbalance between ranks),
-``--ddp-options '{"gradient_as_bucket_view": true}'`` and ``--profile DIR`` (a torch.profiler table
-per rank over 3 more steps).
+``--ddp-options '{"gradient_as_bucket_view": true}'``, ``--set-device`` (one GPU without torchrun,
+with ``torch.cuda.set_device`` as torchrun runs do) and ``--profile DIR`` (a torch.profiler table per
+rank over 3 more steps).
 """
 from __future__ import annotations
 
