@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pretrain import Timer, build_model, data_cfg, make_trainer, row_config, write_frames  # noqa: E402
+from bench_pretrain import Timer, build_model, data_cfg, make_trainer, profile_steps, row_config, write_frames  # noqa: E402
 
 from pcdet_rmae_ts.engine.dist import wrap_ddp  # noqa: E402
 from pcdet_rmae_ts.engine.trainer import TrainState  # noqa: E402
@@ -48,22 +48,6 @@ def checksum(module: torch.nn.Module, which: str) -> tuple:
         h.update(t.numpy().tobytes())
         total += float(t.double().sum())
     return total, h.hexdigest()
-
-
-def profile_steps(step, first: int, device: torch.device, out: Path, steps: int = 3) -> None:
-    """torch.profiler tables (by device time, then by CPU time) over ``steps`` more steps."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for i in range(steps):
-            step(first + i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    averages = prof.key_averages()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(averages.table(sort_by=key, row_limit=30) + "\n\nby CPU total:\n"
-                   + averages.table(sort_by="cpu_time_total", row_limit=30))
 
 
 def main() -> None:

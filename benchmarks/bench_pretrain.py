@@ -271,29 +271,38 @@ def bench_masking(batches: list, dataset, device, warmup: int, steps: int) -> di
     return out
 
 
-def profile_step(row: str, batches: list, dataset, device, amp: bool, out_path: Optional[Path]) -> str:
-    """torch.profiler table (top ops by device time) over 3 steps of a row."""
+def profile_steps(step: Callable[[int], object], first: int, device: torch.device, out: Path,
+                  steps: int = 3) -> None:
+    """torch.profiler tables (top ops by device time, then by CPU time) over ``steps`` calls of
+    ``step(first + i)``, written to ``out``."""
     from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(first + i)
+        Timer(device).sync()
+    averages = prof.key_averages()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(averages.table(sort_by=key, row_limit=40) + "\n\nby CPU total:\n"
+                   + averages.table(sort_by="cpu_time_total", row_limit=30))
+
+
+def profile_row(row: str, batches: list, dataset, device, amp: bool, out_path: Path) -> None:
+    """Profiler tables of 3 steps of a row, after 3 warm-up steps."""
     cfg = row_config(row)
     torch.manual_seed(0)
     model = build_model(row, cfg, dataset).to(device).train()
     trainer = make_trainer(model, cfg, batches, device, amp, epochs=-(-6 // len(batches)))
     state = TrainState()
-    for i in range(3):
+
+    def step(i: int) -> None:
         trainer.train_step(batches[i % len(batches)], state)
         state.it += 1
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for i in range(3):
-            trainer.train_step(batches[i % len(batches)], state)
-            state.it += 1
-        Timer(device).sync()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=40)
-    cpu_table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=30)
-    if out_path is not None:
-        out_path.write_text(table + "\n\nby CPU total:\n" + cpu_table)
-    return table
+
+    for i in range(3):
+        step(i)
+    profile_steps(step, 3, device, out_path)
 
 
 def bench_loaders(cfg, workers: List[int], batch_size: int, device: torch.device) -> dict:
@@ -459,7 +468,7 @@ def main(argv=None) -> dict:
         results["loader"] = bench_loaders(cfg, [w for w in args.loader_workers if w > 0], args.loader_batch, device)
     if args.profile:
         bmax = max(args.batch_sizes)
-        profile_step("ema", staged[bmax][1], dataset, device, "amp" in args.precisions, Path(args.profile))
+        profile_row("ema", staged[bmax][1], dataset, device, "amp" in args.precisions, Path(args.profile))
     if args.curves and device.type == "cuda":
         results["curves"] = loss_curves(device, args.curves, root, min(8, os.cpu_count() or 1))
     report = [f"{results['env']}", f"grid {results['grid']}", table(results["rows"])]
