@@ -114,6 +114,20 @@ def time_voxelizer(cfg, batch_size: int, device: torch.device, repeats: int = 10
     return sorted(times[2:])[len(times[2:]) // 2] * 1000
 
 
+def bench_loaders(cfg, workers: list, batch_size: int, device: torch.device) -> dict:
+    """Training-loader frames/s with each worker count, for voxelisation in the workers and for the
+    shipped ``VOXELIZE_ON_DEVICE: True`` (workers read/augment/crop; the batch is voxelised on the
+    device, whose time per batch is reported too)."""
+    deferred = copy.deepcopy(cfg)
+    deferred.VOXELIZE_ON_DEVICE = True
+    rows = []
+    for mode, c in (("on device", deferred), ("in workers", cfg)):
+        for w in workers:
+            rows.append({"voxelization": mode, **bench_loader(c, w, batch_size, repeats=2)})
+            _LOG.info("%s", rows[-1])
+    return {"rows": rows, "device_voxelize_ms_per_batch": time_voxelizer(deferred, batch_size, device)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="dataset folder (default: a temporary dense synthetic set)")

@@ -9,7 +9,6 @@ and the device time of voxelising one collated batch with BatchVoxelizer.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import bench_loader, isarc_cfg, time_voxelizer  # noqa: E402
+from bench_data import bench_loaders, isarc_cfg  # noqa: E402
 
 from pcdet_rmae_ts.data.synthetic import write_dataset  # noqa: E402
 
@@ -34,24 +33,16 @@ def main() -> None:
     data = Path(args.data or tempfile.mkdtemp()) / "dense"
     if not (data / "ImageSets").exists():
         write_dataset(data, args.frames, seed=0, profile="dense")
-    cfg = isarc_cfg(str(data))
-    deferred = copy.deepcopy(cfg)
-    deferred.VOXELIZE_ON_DEVICE = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = {
-        "loader_voxelising_fps": bench_loader(cfg, args.workers, args.batch_size, repeats=2)["frames_per_s"],
-        "loader_points_only_fps": bench_loader(deferred, args.workers, args.batch_size, repeats=2)["frames_per_s"],
-        "device_voxelize_ms_per_batch": time_voxelizer(deferred, args.batch_size, device),
-    }
-    rows["device_voxelize_fps"] = args.batch_size / rows["device_voxelize_ms_per_batch"] * 1000
+    result = bench_loaders(isarc_cfg(str(data)), [args.workers], args.batch_size, device)
+    fps = {row["voxelization"]: row["frames_per_s"] for row in result["rows"]}
     print(f"device {device}, workers {args.workers}, batch {args.batch_size}")
-    for key, value in rows.items():
-        print(f"{key:<32}{value:>10.1f}")
-    ratio = rows["loader_points_only_fps"] / rows["loader_voxelising_fps"]
-    print(f"points-only loader / voxelising loader: {ratio:.2f}x")
+    for mode, value in fps.items():
+        print(f"loader, voxelisation {mode:<12}{value:>10.1f} frames/s")
+    print(f"device voxelisation of a batch: {result['device_voxelize_ms_per_batch']:.2f} ms")
+    print(f"points-only loader / voxelising loader: {fps['on device'] / fps['in workers']:.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), **vars(args), **rows}, indent=2))
-
+        Path(args.out).write_text(json.dumps({"device": str(device), **vars(args), **result}, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ AdamW step, EMA update). Usage (PYTHONPATH=.):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import multiprocessing
@@ -37,7 +36,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_data import CLASSES, bench_loader, isarc_cfg, time_voxelizer  # noqa: E402
+from bench_data import CLASSES, bench_loaders, isarc_cfg  # noqa: E402
 
 from pcdet_rmae_ts.config import cfg_from_yaml_file  # noqa: E402
 from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
@@ -303,20 +302,6 @@ def profile_row(row: str, batches: list, dataset, device, amp: bool, out_path: P
     for i in range(3):
         step(i)
     profile_steps(step, 3, device, out_path)
-
-
-def bench_loaders(cfg, workers: List[int], batch_size: int, device: torch.device) -> dict:
-    """Training-loader frames/s with each worker count, for voxelisation in the workers and for the
-    shipped ``VOXELIZE_ON_DEVICE: True`` (workers read/augment/crop; the batch is voxelised on the
-    device, whose time per batch is reported too)."""
-    deferred = copy.deepcopy(cfg)
-    deferred.VOXELIZE_ON_DEVICE = True
-    rows = []
-    for mode, c in (("on device", deferred), ("in workers", cfg)):
-        for w in workers:
-            rows.append({"voxelization": mode, **bench_loader(c, w, batch_size, repeats=2)})
-            _LOG.info("%s", rows[-1])
-    return {"rows": rows, "device_voxelize_ms_per_batch": time_voxelizer(deferred, batch_size, device)}
 
 
 # ----------------------------------------------------------------------------- convergence
