@@ -121,3 +121,65 @@ def test_bad_files_raise_bad_sample_error_naming_the_file(tmp_path, case):
         read_points(path, num_columns=4)
     assert path.name in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def _scan(seed: int, columns: int, rings: int = 32, steps: int = 900) -> np.ndarray:
+    """A spinning-LiDAR frame in scan order: x, y, z (metres, ground at -1.73 m), then intensity
+    (0..255 for nuScenes-style 5-column files, 0..1 otherwise), ring index, timestamp offset."""
+    rng = np.random.default_rng(seed)
+    elevation = np.deg2rad(np.linspace(-25.0, 3.0, rings))[:, None]
+    azimuth = np.linspace(-np.pi, np.pi, steps, endpoint=False)[None, :]
+    ground = 1.73 / np.maximum(np.sin(-elevation), 1e-3)
+    rng_ = np.where(elevation < -0.02, ground, rng.uniform(4.0, 70.0, (rings, steps)))
+    rng_ = np.minimum(rng_, 100.0) + rng.normal(0.0, 0.02, (rings, steps))
+    keep = rng.random((rings, steps)) > 0.15
+    x = (rng_ * np.cos(elevation) * np.cos(azimuth))[keep]
+    y = (rng_ * np.cos(elevation) * np.sin(azimuth))[keep]
+    z = (rng_ * np.sin(elevation) * np.ones_like(azimuth))[keep]
+    intensity = rng.beta(2.0, 5.0, x.shape) * (255.0 if columns >= 5 else 1.0)
+    ring = np.broadcast_to(np.arange(rings)[:, None], keep.shape)[keep].astype(np.float64)
+    time = np.broadcast_to(azimuth / (2 * np.pi) * 0.1, keep.shape)[keep]
+    return np.stack([x, y, z, intensity, ring, time][:columns], axis=1).astype(np.float32)
+
+
+def _synthetic(seed: int) -> np.ndarray:
+    from pcdet_rmae_ts.data.synthetic import generate_frame
+    return generate_frame(np.random.default_rng(seed), "demo")[0]
+
+
+def _trim(points: np.ndarray, multiple: int) -> np.ndarray:
+    return np.ascontiguousarray(points[:len(points) // multiple * multiple])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bin_with_five_columns_read_as_four_is_refused(tmp_path, seed):
+    pts = _trim(_scan(seed, 5), 4)  # 20 N bytes is a multiple of 16: the plain size check passes
+    pts.tofile(tmp_path / "a.bin")
+    with pytest.raises(BadSampleError, match=r"most likely has 5 columns.*src_feature_list"):
+        read_points(tmp_path / "a.bin", num_columns=4)
+    np.testing.assert_array_equal(read_points(tmp_path / "a.bin", num_columns=5), pts)
+
+
+@pytest.mark.parametrize("source", ["scan", "synthetic"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_kitti_bin_read_with_three_columns_is_refused(tmp_path, source, seed):
+    pts = _trim(_scan(seed, 4) if source == "scan" else _synthetic(seed), 3)
+    pts.tofile(tmp_path / "a.bin")
+    with pytest.raises(BadSampleError, match=r"most likely has 4 columns.*POINT_FEATURE_ENCODING\.src_feature_list"):
+        read_points(tmp_path / "a.bin", num_columns=3)
+    if pts.size % 5 == 0:
+        with pytest.raises(BadSampleError, match="most likely has 4 columns"):
+            read_points(tmp_path / "a.bin", num_columns=5)
+
+
+@pytest.mark.parametrize("columns", [3, 4, 5, 6])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_correct_bin_reads_are_not_flagged(tmp_path, columns, seed):
+    pts = _trim(_scan(seed, columns), 840)  # divisible by every candidate width
+    pts.tofile(tmp_path / "a.bin")
+    np.testing.assert_array_equal(read_points(tmp_path / "a.bin", num_columns=columns), pts)
+    synthetic = _trim(_synthetic(seed), 840)
+    synthetic.tofile(tmp_path / "s.bin")
+    np.testing.assert_array_equal(read_points(tmp_path / "s.bin"), synthetic)
+    synthetic[:, :3].copy().tofile(tmp_path / "s3.bin")
+    np.testing.assert_array_equal(read_points(tmp_path / "s3.bin", num_columns=3), synthetic[:, :3])

@@ -13,6 +13,13 @@ from .pcd import PcdFormatError, read_pcd
 
 SUPPORTED_SUFFIXES = (".npy", ".bin", ".pcd")
 DEFAULT_BIN_COLUMNS = 4
+COLUMNS_KEY = "DATA_CONFIG.POINT_FEATURE_ENCODING.src_feature_list"
+# Column counts tried when a .bin looks misread. The check reads LAYOUT_PROBE_BLOCKS blocks of
+# 840 = lcm(3..8) floats spread over the file, so every candidate width sees whole rows.
+CANDIDATE_COLUMNS = range(3, 9)
+LAYOUT_BLOCK_FLOATS = 840
+LAYOUT_PROBE_BLOCKS = 40
+MIN_LAYOUT_ROWS = 100
 
 
 class BadSampleError(ValueError):
@@ -39,7 +46,70 @@ def _read_bin(path: Path, num_columns: int) -> np.ndarray:
         raise BadSampleError(
             f"{path}: .bin size {nbytes} bytes is not a multiple of 4 x {num_columns} columns "
             f"(truncated file, or the cloud has a different column count than the {num_columns} expected)")
-    return np.fromfile(path, dtype=np.float32).reshape(-1, num_columns)
+    flat = np.fromfile(path, dtype=np.float32)
+    check_bin_layout(flat, num_columns, path)
+    return flat.reshape(-1, num_columns)
+
+
+def column_separation(flat: np.ndarray, num_columns: int) -> float:
+    """How distinct the columns are when ``flat`` is read as ``num_columns`` columns.
+
+    Each field of a LiDAR point (x, y, z, intensity, ring, ...) has its own spread; read with the
+    right width, every column holds one field, and the spreads (median absolute deviations) differ
+    by orders of magnitude (z ~1 m, x/y ~20 m, intensity ~0.1). Read with a wrong width, each column
+    cycles through all fields in the same proportions, whatever the point order, so all columns
+    have the same spread. Returns the standard deviation of log(MAD) over the columns: ~0 for a
+    misread, > 1 for real clouds."""
+    rows = len(flat) // num_columns
+    table = flat[:rows * num_columns].reshape(rows, num_columns).astype(np.float64)
+    table = table[np.isfinite(table).all(axis=1)]
+    if len(table) < MIN_LAYOUT_ROWS:
+        return 0.0
+    mad = np.median(np.abs(table - np.median(table, axis=0)), axis=0)
+    return float(np.std(np.log(mad + 1e-6)))
+
+
+def _layout_probe(flat: np.ndarray) -> np.ndarray:
+    """Evenly spaced whole blocks of ``flat`` (all of it when small): ~40k floats whatever the file size."""
+    blocks = len(flat) // LAYOUT_BLOCK_FLOATS
+    if blocks <= LAYOUT_PROBE_BLOCKS:
+        return flat
+    pick = np.linspace(0, blocks - 1, LAYOUT_PROBE_BLOCKS).astype(np.int64)
+    return flat[:blocks * LAYOUT_BLOCK_FLOATS].reshape(blocks, LAYOUT_BLOCK_FLOATS)[pick].ravel()
+
+
+def likely_bin_columns(flat: np.ndarray, num_columns: int) -> int | None:
+    """The column count a ``.bin`` was most likely written with, if clearly not ``num_columns``."""
+    if len(flat) // num_columns < MIN_LAYOUT_ROWS:
+        return None
+    probe = _layout_probe(flat)
+    own = column_separation(probe, num_columns)
+    if own >= 2.0:
+        return None  # clearly separated columns (real clouds score 2-3.5): the usual, cheap case
+    scores = {c: column_separation(probe, c) for c in CANDIDATE_COLUMNS
+              if len(flat) % c == 0 and c % num_columns != 0}
+    if not scores:
+        return None
+    best = max(scores.values())
+    if best < 1.0 or own >= 0.5 * best:
+        return None
+    # a multiple of the true width separates as well as the width itself: take the smallest
+    return min(c for c, score in scores.items() if score >= 0.8 * best)
+
+
+def check_bin_layout(flat: np.ndarray, num_columns: int, path: Path) -> None:
+    """Raise BadSampleError when a ``.bin`` cloud reshaped to ``num_columns`` is evidently misread
+    (an N x 5 file whose size happens to be a multiple of 4 x 4 bytes, a KITTI N x 4 file read as 3)."""
+    likely = likely_bin_columns(flat, num_columns)
+    if likely is None:
+        return
+    rows = flat[:(len(flat) // num_columns) * num_columns].reshape(-1, num_columns)[:, :3]
+    lo, hi = np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
+    spans = ", ".join(f"{axis} {a:.3g}..{b:.3g}" for axis, a, b in zip("xyz", lo, hi))
+    raise BadSampleError(
+        f"{path}: read as {num_columns} float32 columns the points look scrambled (every column has the "
+        f"same mixture of values; {spans}); the file most likely has {likely} columns per point. Set "
+        f"{COLUMNS_KEY} to the file's {likely} fields (e.g. ['x', 'y', 'z', ...] with {likely} names)")
 
 
 def _read_pcd(path: Path) -> np.ndarray:
