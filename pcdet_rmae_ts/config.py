@@ -292,16 +292,58 @@ def _set_value(parent: dict, leaf: str, raw: Any, *, key: str) -> None:
     parent[leaf] = _cast_like(old, value, key=key)
 
 
+# Documented optional plugin keys that --set may add when the config leaves them out, with their
+# defaults (the type template for the value; None: any YAML value, checked by the component).
+SETTABLE_OPTIONAL_KEYS = {
+    "DATA_CONFIG.VOXELIZE_ON_DEVICE": False,
+    "DATA_CONFIG.ON_BAD_SAMPLE": "error",
+    "DATA_CONFIG.MAX_BAD_SAMPLE_RETRIES": 20,
+    "DATA_CONFIG.SYNTHETIC": None,
+    "DATA_CONFIG.SYNTHETIC.FRAMES": 20,
+    "DATA_CONFIG.SYNTHETIC.SEED": 0,
+    "DATA_CONFIG.SYNTHETIC.PROFILE": "demo",
+    "OPTIMIZATION.DIFFERENTIAL_LR": None,
+    "OPTIMIZATION.BACKBONE_LR_RATIO": 0.1,
+    "OPTIMIZATION.DENSE_HEAD_LR_RATIO": 2.0,
+    "OPTIMIZATION.VIS_INTERVAL": 0,
+}
+
+
+def settable_optional_keys() -> dict:
+    """:data:`SETTABLE_OPTIONAL_KEYS` plus every key of the plugin backbone (``MODEL.BACKBONE_3D.*``)."""
+    from .models.backbone import VALID_KEYS  # lazy: the models import this module
+
+    keys = {f"MODEL.BACKBONE_3D.{key}": None for key in VALID_KEYS}
+    keys.update(SETTABLE_OPTIONAL_KEYS)
+    return keys
+
+
+def _add_documented(node: dict, parts: Sequence[str], depth: int, optional: Mapping) -> bool:
+    """Create ``parts[depth]`` in ``node`` when ``parts[:depth + 1]`` is a documented optional key."""
+    path = ".".join(parts[:depth + 1])
+    if path not in optional:
+        return False
+    default = optional[path]
+    node[parts[depth]] = EasyDict() if depth < len(parts) - 1 else default
+    return True
+
+
 def _missing(part: str, node: Mapping, *, key: str) -> None:
-    near = nearest_key(part, node.keys())
-    fix = f"did you mean '{near}'?" if near else "--set can only change keys that the config already has"
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = [k[len(parent):] for k in settable_optional_keys()
+                if k.startswith(parent) and "." not in k[len(parent):]]
+    near = nearest_key(part, list(node.keys()) + siblings)
+    fix = (f"did you mean '{near}'?" if near else
+           "--set can only change keys that the config already has, or the plugin's documented optional keys "
+           "(see README: 'Data keys of the plugin')")
     raise ConfigError(f"'{part}' does not exist, --set cannot add keys", key=key, fix=fix)
 
 
 def cfg_from_list(set_list: Sequence[Any], cfg: EasyDict) -> EasyDict:
     """Apply ``--set KEY VALUE [KEY VALUE ...]`` overrides to ``cfg`` in place (OpenPCDet semantics).
 
-    Keys are dotted paths that must already exist. Values are parsed with
+    Keys are dotted paths that must already exist, or be documented optional plugin keys
+    (:func:`settable_optional_keys`), which are added with their default as the type template. Values are parsed with
     ``ast.literal_eval`` then YAML (strings stay strings where the config holds a string);
     a dict target accepts ``k1:v1,k2:v2``, a list target accepts ``a,b`` or ``[a,b]``.
     Types must match the existing value (an int is accepted for a float).
@@ -309,14 +351,18 @@ def cfg_from_list(set_list: Sequence[Any], cfg: EasyDict) -> EasyDict:
     if len(set_list) % 2 != 0:
         raise ConfigError(f"--set needs KEY VALUE pairs, got {len(set_list)} items: {list(set_list)}",
                           key=str(set_list[-1]), fix="give a value for every key (--set A.B 1 C.D 2)")
+    optional = settable_optional_keys()
     for key, raw in zip(set_list[0::2], set_list[1::2]):
         node = cfg
         parts = str(key).split(".")
         for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
+            if isinstance(node, dict) and node.get(part, {}) is None and ".".join(parts[:depth + 1]) in optional:
+                node[part] = EasyDict()  # e.g. SYNTHETIC: None in the YAML, then --set DATA_CONFIG.SYNTHETIC.FRAMES 10
+            if not isinstance(node, dict) or (part not in node and not _add_documented(node, parts, depth, optional)):
                 _missing(part, node if isinstance(node, dict) else {}, key=".".join(parts[:depth + 1]))
             node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
+        last = len(parts) - 1
+        if not isinstance(node, dict) or (parts[-1] not in node and not _add_documented(node, parts, last, optional)):
             _missing(parts[-1], node if isinstance(node, dict) else {}, key=str(key))
         _set_value(node, parts[-1], raw, key=str(key))
     return cfg

@@ -9,6 +9,7 @@ import datetime
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,12 +34,28 @@ def default_workers(processes_per_node: int) -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) // max(processes_per_node, 1)))
 
 
+def _int_at_least(low: int):
+    """argparse type: an int >= ``low`` (0 epochs or a batch of 0 would otherwise mean 'config value')."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="R-MAE + teacher-student pretraining of a VoxelNeXt backbone")
     parser.add_argument("--cfg_file", type=str, required=True, help="pretraining config (YAML)")
-    parser.add_argument("--batch_size", type=int, default=None, help="batch size per GPU (default: config)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: OPTIMIZATION.NUM_EPOCHS)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--batch_size", type=_int_at_least(1), default=None,
+                        help="batch size per GPU, >= 1 (default: OPTIMIZATION.BATCH_SIZE_PER_GPU)")
+    parser.add_argument("--epochs", type=_int_at_least(1), default=None,
+                        help="epochs, >= 1 (default: OPTIMIZATION.NUM_EPOCHS)")
+    parser.add_argument("--workers", type=_int_at_least(0), default=None,
                         help=f"data loader workers per process (default: min({MAX_DEFAULT_WORKERS}, CPUs per process))")
     parser.add_argument("--extra_tag", type=str, default="default", help="run name under the output folder")
     parser.add_argument("--ckpt", type=str, default=None, help="resume from this checkpoint")
@@ -49,18 +66,52 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes")
     parser.add_argument("--fix_random_seed", action="store_true", help="seed everything with --seed")
     parser.add_argument("--seed", type=int, default=666)
-    parser.add_argument("--ckpt_save_interval", type=int, default=1, help="epochs between checkpoints")
+    parser.add_argument("--ckpt_save_interval", type=_int_at_least(1), default=1, help="epochs between checkpoints")
     parser.add_argument("--ckpt_save_time_interval", type=float, default=300.0,
                         help="seconds between mid-epoch latest_model.pth saves")
-    parser.add_argument("--max_ckpt_save_num", type=int, default=30, help="epoch checkpoints to keep")
+    parser.add_argument("--max_ckpt_save_num", type=_int_at_least(1), default=30, help="epoch checkpoints to keep")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; an error on the CPU)")
     parser.add_argument("--output_dir", type=str, default="output", help="root of the output folders")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="allow loading pickled (non weights_only) checkpoints you trust")
     parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER,
-                        help="override config keys: --set KEY VALUE [KEY VALUE ...]")
+                        help="override config keys: --set KEY VALUE [KEY VALUE ...]; may come before other "
+                             "flags and be given more than once")
     return parser
+
+
+def split_set_args(argv: Sequence[str], parser: argparse.ArgumentParser) -> tuple:
+    """Take the ``--set KEY VALUE ...`` pairs out of ``argv``; returns (other arguments, set list).
+
+    A ``--set`` list ends at the first of the parser's flags in a KEY (or VALUE) position, so flags may
+    follow it; values are taken verbatim otherwise (``-40,-40,-3,40,40,5`` is a value, not a flag)."""
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    rest, set_cfgs = [], []
+    i = 0
+    while i < len(argv):
+        if argv[i] != "--set":
+            rest.append(argv[i])
+            i += 1
+            continue
+        i += 1
+        while i < len(argv) and argv[i] not in flags:
+            set_cfgs.append(argv[i])  # KEY
+            i += 1
+            if i == len(argv) or argv[i] in flags:
+                break  # a key without a value: cfg_from_list names it
+            set_cfgs.append(argv[i])  # VALUE, verbatim
+            i += 1
+    return rest, set_cfgs
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The pretraining flags (``argv``: default sys.argv[1:]); ``--set`` pairs go to ``args.set_cfgs``."""
+    parser = build_arg_parser()
+    rest, set_cfgs = split_set_args(list(sys.argv[1:] if argv is None else argv), parser)
+    args = parser.parse_args(rest)
+    args.set_cfgs = set_cfgs or None
+    return args
 
 
 def _seed_everything(seed: int) -> None:
@@ -127,12 +178,16 @@ class Job:
 
 def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
     """Parse flags, load the config, start torch.distributed, create the output folders and the log."""
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parse_args(argv)
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.amp and device_type != "cuda":
+        parser.error("--amp (mixed precision) needs a CUDA device, and this run is on the CPU; "
+                     "drop --amp to train in fp32 on the CPU")
     cfg = cfg_from_yaml_file(args.cfg_file)
     if args.set_cfgs:
         cfg_from_list(args.set_cfgs, cfg)
     distributed = args.launcher == "pytorch"
-    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
     world_size, rank, local_rank = 1, 0, 0
@@ -189,9 +244,7 @@ def build_trainer(job: Job):
                                                    args.trust_checkpoint)["model_state"], logger)
     optimizer = create_optimizer_with_differential_lr(model, optim_cfg, logger=logger)
     scheduler, _ = build_scheduler(optimizer, len(loader), epochs, -1, optim_cfg)
-    amp = bool(args.amp and device.type == "cuda")
-    if args.amp and not amp:
-        logger.warning("--amp needs CUDA; running in fp32 on the CPU.")
+    amp = bool(args.amp)  # setup_job refused --amp without CUDA
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state = _resume(args, model, optimizer, scheduler, scaler, job.dirs["ckpt"], logger)
     if job.distributed:
