@@ -3,7 +3,9 @@
     python tools/check_config.py cfgs/custom_models/rmae_cmae_isarc_4class_finetune_phase1.yaml
 
 Prints every finding (file, key path, fix); exit status 1 when there is an error (or, with
-``--strict``, a warning), else 0.
+``--strict``, a warning), else 0. A pretraining config (``PRETRAINING: True``) is also parsed and
+built by the pretraining engine's own constructors (data pipeline, model, optimizer, schedule), so
+everything ``tools/train_rmae_cmae_phase1.py`` rejects at startup is an error here too.
 """
 from __future__ import annotations
 

@@ -2,13 +2,19 @@
 stock OpenPCDet crash late or silently ignore a setting (``openpcdet-contract.md`` section 11).
 
 Run as ``python tools/check_config.py CFG``; the launchers ``tools/train.py`` / ``tools/test.py``
-run it too. Each finding names the file, the key path and the fix. Severities: ``error`` (the run
+run it too. Pretraining configs are also built by the pretraining engine's own constructors
+(``_build_like_pretraining_engine``), so its startup validation is the single source of those
+rules. Each finding names the file, the key path and the fix. Severities: ``error`` (the run
 would crash), ``warning`` (a setting is silently ignored or means something else than it says),
 ``note`` (informational; does not fail the check).
 """
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
@@ -130,7 +136,10 @@ class _Checker:
                      "add a VoxelNeXtHead DENSE_HEAD section (see cfgs/custom_models/*finetune*.yaml)")
         if isinstance(head, Mapping):
             self._check_head(head, cfg.get("CLASS_NAMES") or [], backbone)
+            self._check_post_center_range(head, (cfg.get("DATA_CONFIG") or {}).get("POINT_CLOUD_RANGE"))
         self._check_optimization(cfg.get("OPTIMIZATION") or {})
+        if pretraining and backbone.get("NAME") == "RMAECMAEBackbonePhase1":
+            self._check_pretraining_engine(cfg)
 
     def _check_backbone_keys(self, backbone: Mapping) -> None:
         try:
@@ -200,6 +209,46 @@ class _Checker:
                          f"class-agnostic NMS, which needs a scalar (TypeError as soon as a box passes "
                          f"SCORE_THRESH, i.e. at evaluation)", f"use one number, e.g. {name}: {value[0]}")
 
+    def _check_post_center_range(self, head: Mapping, point_cloud_range: Any) -> None:
+        """The head drops every predicted box whose centre lies outside POST_CENTER_LIMIT_RANGE, while
+        training targets are boxes anywhere in POINT_CLOUD_RANGE (x, y and z alike: a z window that
+        is too tight drops machines on a raised bench or a sensor mounted higher than assumed)."""
+        limit = (head.get("POST_PROCESSING") or {}).get("POST_CENTER_LIMIT_RANGE")
+        key = "MODEL.DENSE_HEAD.POST_PROCESSING.POST_CENTER_LIMIT_RANGE"
+        if not _is_box(limit) or not _is_box(point_cloud_range):
+            return
+        limit, pcr = [float(v) for v in limit], [float(v) for v in point_cloud_range]
+        short = [axis for i, axis in enumerate("xyz") if limit[i] > pcr[i] or limit[i + 3] < pcr[i + 3]]
+        if not short:
+            return
+        cover = [min(limit[i], pcr[i]) for i in range(3)] + [max(limit[i + 3], pcr[i + 3]) for i in range(3)]
+        self.add("warning", self.cfg_file, key,
+                 f"{_fmt(limit)} is narrower than DATA_CONFIG.POINT_CLOUD_RANGE {_fmt(pcr)} in "
+                 f"{', '.join(short)}: the head silently drops every predicted box whose centre lies outside "
+                 f"it, so objects there (trained on, present in the evaluation) are never detected",
+                 f"set POST_CENTER_LIMIT_RANGE: {_fmt(cover)} (at least the point-cloud range)")
+
+    def _check_pretraining_engine(self, cfg: Mapping) -> None:
+        """Parse the data config and build model, optimizer and schedule with the pretraining engine's
+        own constructors, so every rule it enforces at startup is reported here (one source of truth)."""
+        try:
+            _build_like_pretraining_engine(cfg)
+        except ImportError as err:  # spconv missing: the engine could not run either
+            self.add("note", self.cfg_file, "MODEL.BACKBONE_3D", f"the pretraining engine's model checks were "
+                     f"skipped: {err}", "install spconv (pip install -e '.[cpu]' or a CUDA spconv extra)")
+        except _EngineRejected as rejected:
+            err = rejected.error
+            if isinstance(err, ConfigError):
+                self.add("error", err.file or self.cfg_file, err.key or rejected.section, str(err),
+                         err.fix or "correct the key named in the message")
+                return
+            validated = isinstance(err, (ValueError, KeyError))
+            what = "rejects this config" if validated else f"crashes on this config ({type(err).__name__})"
+            fix = "correct the key named in the message" if validated else "; ".join(
+                ["correct the config"] + ([rejected.detail] if rejected.detail else []))
+            self.add("error", self.cfg_file, _key_of(str(err), rejected.section, cfg),
+                     f"the pretraining engine (tools/train_rmae_cmae_phase1.py) {what} at startup: {err}", fix)
+
     def _check_optimization(self, optim: Mapping) -> None:
         used = [k for k in PLUGIN_OPTIM_KEYS if k in optim]
         if used:
@@ -209,6 +258,83 @@ class _Checker:
         if optim.get("LR_WARMUP") and optim.get("OPTIMIZER") in ("adam", "sgd"):
             self.add("error", self.cfg_file, "OPTIMIZATION.LR_WARMUP", "with adam/sgd, stock build_scheduler "
                      "calls len() on an int (TypeError at startup)", "set LR_WARMUP: False or use adam_onecycle")
+
+
+class _EngineRejected(Exception):
+    """A constructor of the pretraining engine failed; ``section`` is the config section it parses."""
+
+    def __init__(self, section: str, error: Exception, detail: str = ""):
+        super().__init__(str(error))
+        self.section, self.error, self.detail = section, error, detail
+
+
+_KEY_PATH = re.compile(r"^([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+|\[\d+\])+)")
+
+
+def _key_of(message: str, section: str, cfg: Mapping) -> str:
+    """The key path an engine message names: a leading dotted path ('DATA_CONFIG.X[0]: ...'), or a
+    leading key of ``section`` ('MASKED_RATIO must be ...' -> 'MODEL.BACKBONE_3D.MASKED_RATIO')."""
+    match = _KEY_PATH.match(message)
+    if match:
+        return match.group(1)
+    node: Any = cfg
+    for part in section.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    first = message.split(" ", 1)[0].rstrip(":")
+    return f"{section}.{first}" if isinstance(node, Mapping) and first in node else section
+
+
+def _is_box(value: Any) -> bool:
+    """A six-number [x_min, y_min, z_min, x_max, y_max, z_max]."""
+    return isinstance(value, (list, tuple)) and len(value) == 6 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def _build_like_pretraining_engine(cfg: Mapping) -> None:
+    """Run ``engine.pretrain.build_trainer``'s constructors on ``cfg`` without data or a GPU:
+    ``PretrainDataset`` (over an empty stand-in folder: its constructor lists files but reads none;
+    DATA_PATH is checked on its own), ``PretrainModel.from_config``, the optimizer and the schedule.
+    Raises ``_EngineRejected`` naming the section whose constructor failed. The global torch RNG is
+    left as it was (the launchers may seed it before this runs)."""
+    import torch
+
+    from ..data.dataset import PretrainDataset
+    from ..models.pretrain_model import PretrainModel
+    from ..optim import build_scheduler, create_optimizer_with_differential_lr
+
+    cfg = copy.deepcopy(cfg)
+    quiet = logging.getLogger(__name__ + ".engine_build")  # the stand-in dataset's log lines mean nothing
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    with tempfile.TemporaryDirectory() as stand_in, torch.random.fork_rng(devices=[]):
+        (Path(stand_in) / "frame.npy").touch()
+        try:
+            dataset = PretrainDataset(cfg["DATA_CONFIG"], cfg.get("CLASS_NAMES"), training=True,
+                                      root_path=stand_in, logger=quiet)
+        except ImportError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever fails here stops the engine at startup
+            raise _EngineRejected("DATA_CONFIG", err) from err
+        detail = "" if dataset.grid_size is None else (
+            f"the data pipeline gives grid_size {[int(n) for n in dataset.grid_size]} (x, y, z) from "
+            f"DATA_CONFIG.POINT_CLOUD_RANGE {_fmt(dataset.point_cloud_range)} and VOXEL_SIZE "
+            f"{_fmt(dataset.voxel_size)}")
+        section = "MODEL.BACKBONE_3D"
+        try:
+            model = PretrainModel.from_config(cfg, dataset)
+            section = "OPTIMIZATION"
+            optim_cfg = cfg["OPTIMIZATION"]
+            optimizer = create_optimizer_with_differential_lr(model, optim_cfg, logger=quiet)
+            build_scheduler(optimizer, 1, int(optim_cfg.get("NUM_EPOCHS") or 1), -1, optim_cfg)
+        except ImportError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever fails here stops the engine at startup
+            raise _EngineRejected(section, err, detail) from err
 
 
 def check_config(cfg_file: str | os.PathLike) -> List[Finding]:
