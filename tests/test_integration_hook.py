@@ -140,3 +140,106 @@ def test_config_lookup_resolves_base_from_the_repository(tmp_path, monkeypatch):
                               EasyDict())
     base = Path(merged[0]["DATA_CONFIG"]["_BASE_CONFIG_"])
     assert base.is_absolute() and base.is_file() and base.name == "custom_dataset_isarc.yaml"
+
+
+def test_group_lrs_logged_at_every_epoch_end(stand_in):
+    module, _ = stand_in
+    integ.install_optimizer_hook(module)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger(integ.PCDET_LOGGER)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        optim_cfg = _optim_cfg()
+        optim_cfg.GROUP_LR_LOG_INTERVAL = 1000  # only the first iteration and the epoch ends log
+        optimizer = module.build_optimizer(TinyDetector(), optim_cfg)
+        scheduler, _ = module.build_scheduler(optimizer, total_iters_each_epoch=7, total_epochs=3, last_epoch=-1,
+                                              optim_cfg=optim_cfg)
+        for it in range(21):  # OpenPCDet calls step(accumulated_iter, epoch) before each iteration
+            scheduler.step(it, it // 7)
+    finally:
+        log.removeHandler(handler)
+    lines = [line for line in stream.getvalue().splitlines() if "LR per group" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "iter 0", "epoch 1 end (iter 6)", "epoch 2 end (iter 13)", "epoch 3 end (iter 20)"]
+    assert "backbone" in lines[-1] and "dense_head" in lines[-1]
+
+
+class _FakeCustomDataset:
+    """What OpenPCDet's CustomDataset carries for evaluation: infos with annos and the dataset config."""
+
+    def __init__(self, infos, evaluation_cfg=None):
+        self.custom_infos = infos
+        self.dataset_cfg = EasyDict({"EVALUATION": evaluation_cfg} if evaluation_cfg else {})
+
+    def evaluation(self, det_annos, class_names, **kwargs):
+        raise AssertionError("the stock evaluation must not run")
+
+
+def _box(x, y, heading=0.0):
+    return [x, y, 0.0, 8.0, 3.0, 3.0, heading]
+
+
+def test_custom_evaluation_hook_scores_own_class_names(tmp_path):
+    import numpy as np
+
+    module = types.ModuleType("fake_custom_dataset")
+    module.CustomDataset = _FakeCustomDataset
+    cls = integ.install_custom_evaluation(module)
+    assert integ.install_custom_evaluation(module) is cls and getattr(cls.evaluation, integ.HOOK_MARK)
+    gt = [{"point_cloud": {"lidar_idx": f"{i:06d}"},
+           "annos": {"name": np.array(["excavator", "roller"]),
+                     "gt_boxes_lidar": np.array([_box(10 + i, 5), _box(40, -20 - i)], dtype=np.float32)}}
+          for i in range(4)]
+    # excavators found exactly; rollers shifted by half a box length along x: IoU 1/3, a hit only at the
+    # configured roller threshold 0.3 (the default 0.5 would miss it); excavators need 0.7 and get 1.0
+    dets = [{"frame_id": f"{i:06d}", "name": np.array(["excavator", "roller"]), "score": np.array([0.9, 0.8]),
+             "boxes_lidar": np.array([_box(10 + i, 5), _box(44, -20 - i)], dtype=np.float32)} for i in range(4)]
+    dataset = cls(gt, evaluation_cfg={"IOU_THRESHOLDS": {"excavator": 0.7, "roller": 0.3}})
+    text, scalars = dataset.evaluation(dets, ["excavator", "roller"], eval_metric="kitti", output_path=tmp_path)
+    assert scalars["AP_3D/excavator"] == pytest.approx(100.0) and scalars["AP_3D/roller"] == pytest.approx(100.0)
+    assert scalars["mAP_3D"] == pytest.approx(100.0)
+    assert "excavator" in text and "Cyclist" not in text
+    saved = __import__("json").loads((tmp_path / integ.CUSTOM_RESULT_FILE).read_text())
+    assert saved["AP_BEV"]["excavator"] == pytest.approx(100.0)
+    dets[1]["frame_id"] = "999999"  # predictions out of order with the infos: refuse, do not score
+    with pytest.raises(Exception, match="999999"):
+        dataset.evaluation(dets, ["excavator", "roller"], eval_metric="kitti")
+
+
+def test_custom_evaluation_without_labels_says_so():
+    module = types.ModuleType("fake_custom_dataset")
+    module.CustomDataset = _FakeCustomDataset
+    cls = integ.install_custom_evaluation(module)
+    text, scalars = cls([{"point_cloud": {"lidar_idx": "0"}}]).evaluation([{}], ["excavator"])
+    assert "No ground-truth" in text and scalars == {}
+
+
+_START_METHOD_PROBE = ("import os, sys, torch.multiprocessing as mp; sys.path.insert(0, {repo!r}); "
+                       "from pcdet_rmae_ts.integration import pcdet as integ; "
+                       "print(integ.choose_worker_start_method(), mp.get_start_method(allow_none=True))")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the Linux default")
+@pytest.mark.parametrize("env_value, expected", [(None, "fork fork"), ("forkserver", "forkserver forkserver")])
+def test_worker_start_method_is_set_before_openpcdet_picks_spawn(env_value, expected):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != integ.START_METHOD_ENV}
+    if env_value:
+        env[integ.START_METHOD_ENV] = env_value
+    out = subprocess.run([sys.executable, "-c", _START_METHOD_PROBE.format(repo=str(REPO))], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert " ".join(out) == expected
+
+
+def test_worker_start_method_rejects_unknown_and_keeps_an_existing_choice(monkeypatch):
+    import torch.multiprocessing as mp
+
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: None)
+    with pytest.raises(integ.LauncherError, match="not a start method"):
+        integ.choose_worker_start_method({integ.START_METHOD_ENV: "teleport"})
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "spawn")
+    assert integ.choose_worker_start_method({}) is None  # the user chose already: keep it

@@ -99,10 +99,12 @@ class GroupLRScheduler:
     every ``interval`` iterations (and the first) it logs each group's LR to OpenPCDet's logger;
     the latest LRs are kept in :data:`HOOK_STATE` for tensorboard (``train/lr_<group>``)."""
 
-    def __init__(self, scheduler: Any, logger: logging.Logger, interval: int = GROUP_LR_LOG_INTERVAL) -> None:
+    def __init__(self, scheduler: Any, logger: logging.Logger, interval: int = GROUP_LR_LOG_INTERVAL,
+                 iters_per_epoch: int = 0) -> None:
         self.scheduler = scheduler
         self.logger = logger
         self.interval = max(int(interval), 1)
+        self.iters_per_epoch = max(int(iters_per_epoch), 0)
         self._logged_first = False
 
     def step(self, it: Optional[int] = None, epoch: Optional[int] = None) -> None:
@@ -110,10 +112,14 @@ class GroupLRScheduler:
         lrs = self.scheduler.get_group_lrs()
         HOOK_STATE.group_lrs = dict(lrs)
         current = self.scheduler.last_it
-        if not self._logged_first or current % self.interval == 0:
-            self._logged_first = True
-            self.logger.info("iter %d: LR per group: %s", current,
-                             ", ".join(f"{name} {lr:.4e}" for name, lr in lrs.items()))
+        text = ", ".join(f"{name} {lr:.4e}" for name, lr in lrs.items())
+        # OpenPCDet steps the scheduler before each iteration: `current + 1` iterations are done after it.
+        if self.iters_per_epoch and (current + 1) % self.iters_per_epoch == 0:
+            self.logger.info("epoch %d end (iter %d): LR per group: %s",
+                             (current + 1) // self.iters_per_epoch, current, text)
+        elif not self._logged_first or current % self.interval == 0:
+            self.logger.info("iter %d: LR per group: %s", current, text)
+        self._logged_first = True
 
     def __getattr__(self, name: str) -> Any:  # state_dict, get_group_lrs, optimizer, ...
         return getattr(self.scheduler, name)
@@ -149,7 +155,8 @@ def install_optimizer_hook(module: Optional[types.ModuleType] = None) -> types.M
             scheduler, warmup = dlr_build_scheduler(optimizer, total_iters_each_epoch, total_epochs, last_epoch,
                                                     optim_cfg)
             interval = int(optim_cfg.get("GROUP_LR_LOG_INTERVAL", GROUP_LR_LOG_INTERVAL))
-            return GroupLRScheduler(scheduler, logging.getLogger(PCDET_LOGGER), interval), warmup
+            return GroupLRScheduler(scheduler, logging.getLogger(PCDET_LOGGER), interval,
+                                    iters_per_epoch=total_iters_each_epoch), warmup
         return original_scheduler(optimizer=optimizer, total_iters_each_epoch=total_iters_each_epoch,
                                   total_epochs=total_epochs, last_epoch=last_epoch, optim_cfg=optim_cfg)
 
@@ -184,6 +191,78 @@ def install_group_lr_tensorboard(models_module: Optional[types.ModuleType] = Non
     setattr(model_fn_decorator, HOOK_MARK, True)
     models_module.model_fn_decorator = model_fn_decorator
     return models_module
+
+
+# ----------------------------------------------------------------------------- evaluation
+CUSTOM_RESULT_FILE = "result_custom.json"
+
+
+def custom_dataset_evaluation(dataset: Any, det_annos: Sequence[Mapping], class_names: Sequence[str],
+                              **kwargs: Any) -> Tuple[str, Dict[str, float]]:
+    """``CustomDataset.evaluation`` with the plugin's evaluator: per-class 3-D / BEV AP (R40) for the
+    dataset's own class names at ``DATA_CONFIG.EVALUATION`` thresholds, per range bin; no KITTI name
+    mapping, no 2-D boxes, no numba. Returns OpenPCDet's ``(result_str, result_dict)``; the full
+    result is also written as ``result_custom.json`` into ``output_path`` when OpenPCDet passes one."""
+    import json
+
+    from ..evaluation import evaluate_detections, flatten_results, format_results
+
+    infos = getattr(dataset, "custom_infos", None) or []
+    if not infos or "annos" not in infos[0]:
+        return "No ground-truth boxes for evaluation", {}
+    gt_annos = [dict(info["annos"], frame_id=info["point_cloud"]["lidar_idx"]) for info in infos]
+    result = evaluate_detections(gt_annos, list(det_annos), list(class_names),
+                                 config=dataset.dataset_cfg.get("EVALUATION"))
+    output_path = kwargs.get("output_path")
+    if output_path is not None:
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+        (Path(output_path) / CUSTOM_RESULT_FILE).write_text(json.dumps(result, indent=2))
+    return "\n" + format_results(result), flatten_results(result)
+
+
+def install_custom_evaluation(dataset_module: Optional[types.ModuleType] = None) -> type:
+    """Make OpenPCDet's ``CustomDataset.evaluation`` (what test.py and train.py's end-of-training
+    evaluation call) use :func:`custom_dataset_evaluation`. KITTI, Waymo, nuScenes... keep their own.
+    Idempotent; returns the class."""
+    if dataset_module is None:
+        dataset_module = importlib.import_module("pcdet.datasets.custom.custom_dataset")
+    cls = dataset_module.CustomDataset
+    if getattr(cls.evaluation, HOOK_MARK, False):
+        return cls
+
+    def evaluation(self, det_annos, class_names, **kwargs):
+        return custom_dataset_evaluation(self, det_annos, class_names, **kwargs)
+
+    setattr(evaluation, HOOK_MARK, True)
+    evaluation.original = cls.evaluation
+    cls.evaluation = evaluation
+    return cls
+
+
+# ----------------------------------------------------------------------------- data loader workers
+START_METHOD_ENV = "PCDET_RMAE_TS_START_METHOD"
+
+
+def choose_worker_start_method(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Set the multiprocessing start method before OpenPCDet's ``init_dist_pytorch`` does.
+
+    OpenPCDet sets ``spawn`` when none is set, so every DataLoader worker of every epoch starts a fresh
+    interpreter that re-imports pcdet (about 20 s each on a GPU host; minutes per epoch start). ``fork``
+    (Linux's default, what OpenPCDet's single-process path uses) inherits the imported modules; the
+    workers only read and augment point clouds, never touch CUDA. ``$PCDET_RMAE_TS_START_METHOD``
+    (``fork``, ``spawn``, ``forkserver``) overrides. Returns the method set, or None if one was set already.
+    """
+    import torch.multiprocessing as mp
+
+    environ = os.environ if environ is None else environ
+    method = environ.get(START_METHOD_ENV) or ("fork" if sys.platform.startswith("linux") else None)
+    if method is None or mp.get_start_method(allow_none=True) is not None:
+        return None
+    if method not in mp.get_all_start_methods():
+        raise LauncherError(f"{START_METHOD_ENV}={method} is not a start method of this platform; use one of "
+                            f"{', '.join(mp.get_all_start_methods())}.")
+    mp.set_start_method(method)
+    return method
 
 
 # ----------------------------------------------------------------------------- config loading
@@ -347,6 +426,8 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     _prepare_sys_path(tools)
     register()
     install_config_lookup()
+    install_custom_evaluation()
+    choose_worker_start_method()
     if script == "train.py":
         install_optimizer_hook()
         install_group_lr_tensorboard()
