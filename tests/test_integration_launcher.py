@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pcdet_rmae_ts.integration import pcdet as integ
@@ -68,6 +70,20 @@ def test_split_launcher_args_keeps_set_remainder():
     assert ours.pcdet_tools == "/x" and ours.skip_preflight and not ours.chdir_tools
     assert rest == ["--cfg_file", "a.yaml", "--batch_size", "8", "--set", "OPTIMIZATION.LR", "0.01",
                     "--pcdet_tools", "literal"]
+    assert ours.seed is None
+
+
+def test_seed_flag_is_taken_out_and_makes_runs_repeatable():
+    import torch
+
+    ours, rest = integ.split_launcher_args(["--seed", "7", "--cfg_file", "a.yaml", "--fix_random_seed"])
+    assert ours.seed == 7 and rest == ["--cfg_file", "a.yaml", "--fix_random_seed"]
+    draws = []
+    for seed in (7, 7, 8):
+        integ.seed_run(seed)
+        draws.append((torch.rand(3), np.random.rand(), random.random()))
+    assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:] == draws[1][1:]
+    assert not torch.equal(draws[0][0], draws[2][0]) and draws[0][1] != draws[2][1] and draws[0][2] != draws[2][2]
 
 
 @pytest.mark.parametrize("argv, env, expected", [

@@ -5,7 +5,8 @@
 Extra flags (removed before OpenPCDet sees the arguments): --pcdet_tools DIR (OpenPCDet's tools/
 folder; else $PCDET_TOOLS, else next to an editable pcdet install), --skip_preflight (do not stop on
 config pre-flight errors), --chdir_tools (run inside OpenPCDet's tools/ as its own scripts expect;
-by default relative paths resolve from the current directory).
+by default relative paths resolve from the current directory), --seed N (seed torch/numpy/random
+before OpenPCDet starts; its --fix_random_seed always uses 666).
 """
 from __future__ import annotations
 

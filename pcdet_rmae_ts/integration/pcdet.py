@@ -337,6 +337,7 @@ def split_launcher_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[s
     parser.add_argument("--pcdet_tools", default=None)
     parser.add_argument("--skip_preflight", action="store_true")
     parser.add_argument("--chdir_tools", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
     argv = list(argv)
     cut = argv.index("--set") if "--set" in argv else len(argv)
     ours, rest = parser.parse_known_args(argv[:cut])
@@ -410,12 +411,30 @@ def _prepare_sys_path(tools: Path) -> None:
     sys.modules.setdefault("_init_path", types.ModuleType("_init_path"))
 
 
+def seed_run(seed: int) -> None:
+    """Seed Python, numpy and torch before OpenPCDet builds the model and the data order.
+
+    OpenPCDet's ``--fix_random_seed`` always uses 666; ``--seed N`` (a launcher flag) gives repeatable runs
+    with different seeds, e.g. for mean and spread over fine-tuning seeds. The DataLoader's shuffling
+    draws from torch's global generator, so it follows the seed too; cuDNN/atomics stay nondeterministic.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     """Register the plugin, install the hooks and run OpenPCDet's own ``tools/<script>`` as __main__.
 
     The working directory stays the caller's (unless ``--chdir_tools``), so ``--cfg_file``,
     ``_BASE_CONFIG_``, ``DATA_PATH`` and ``--pretrained_model`` resolve as typed, e.g. from this
-    repository's root. Launcher flags: ``--pcdet_tools DIR``, ``--skip_preflight``, ``--chdir_tools``.
+    repository's root. Launcher flags: ``--pcdet_tools DIR``, ``--skip_preflight``, ``--chdir_tools``,
+    ``--seed N``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, rest = split_launcher_args(argv)
@@ -428,6 +447,8 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     install_config_lookup()
     install_custom_evaluation()
     choose_worker_start_method()
+    if ours.seed is not None:
+        seed_run(ours.seed)
     if script == "train.py":
         install_optimizer_hook()
         install_group_lr_tensorboard()
