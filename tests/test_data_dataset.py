@@ -263,3 +263,42 @@ def test_loader_can_hand_over_torch_tensors(tmp_path):
     for key in ("points", "voxels", "voxel_coords", "voxel_num_points"):
         assert np.array_equal(tensor_batch[key].numpy(), numpy_batch[key]), key
     assert list(tensor_batch["frame_id"]) == list(numpy_batch["frame_id"])
+
+
+def test_bad_sample_in_a_loader_worker_shows_its_own_message_and_the_skip_hint(tmp_path):
+    (tmp_path / "a_bad.npy").write_bytes(b"\x93NUMPY\x01\x00 not really")
+    for i in range(3):
+        np.save(tmp_path / f"b{i}.npy", _cloud(i))
+    _, loader, sampler = build_dataloader(make_cfg(), CLASSES, batch_size=2, workers=2, root_path=tmp_path,
+                                          training=False, pin_memory=False)
+    sampler.set_epoch(0)
+    with pytest.raises(BadSampleError) as info:
+        list(loader)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message and "Caught" not in message
+    assert message.startswith(str(tmp_path / "a_bad.npy") + ": unreadable .npy file")
+    assert "DATA_CONFIG.ON_BAD_SAMPLE: skip" in message and "in DataLoader worker process" in message
+
+
+@pytest.mark.parametrize("pcr, match", [
+    ([20.0, -20.0, -6, -20.0, 20.0, 10], "not on x"),
+    ([-20.0, -20.0, 10, 20.0, 20.0, -6], "not on z"),
+    ([-20.0, -20.0, 20.0, 20.0], "6 finite numbers"),
+    ("a lot", "6 finite numbers"),
+])
+def test_bad_point_cloud_range_is_a_config_error(tmp_path, pcr, match):
+    from pcdet_rmae_ts.config import ConfigError
+    np.save(tmp_path / "a.npy", _cloud(0))
+    with pytest.raises(ConfigError, match=rf"DATA_CONFIG.POINT_CLOUD_RANGE.*{match}"):
+        PretrainDataset(make_cfg(POINT_CLOUD_RANGE=pcr), CLASSES, root_path=tmp_path)
+
+
+@pytest.mark.parametrize("size, match", [([0.1, 0.0, 0.2], "3 positive sizes"), ([0.1, 0.1], "3 positive sizes"),
+                                         ([0.1, -0.1, 0.2], "3 positive sizes"), ([0.1, 0.1, 50.0], "larger than")])
+def test_bad_voxel_size_is_a_config_error(tmp_path, size, match):
+    from pcdet_rmae_ts.config import ConfigError
+    np.save(tmp_path / "a.npy", _cloud(0))
+    cfg = make_cfg()
+    cfg.DATA_PROCESSOR[2]["VOXEL_SIZE"] = size
+    with pytest.raises(ConfigError, match=rf"DATA_PROCESSOR\[2\].VOXEL_SIZE.*{match}"):
+        PretrainDataset(cfg, CLASSES, root_path=tmp_path)

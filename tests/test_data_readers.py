@@ -183,3 +183,51 @@ def test_correct_bin_reads_are_not_flagged(tmp_path, columns, seed):
     np.testing.assert_array_equal(read_points(tmp_path / "s.bin"), synthetic)
     synthetic[:, :3].copy().tofile(tmp_path / "s3.bin")
     np.testing.assert_array_equal(read_points(tmp_path / "s3.bin", num_columns=3), synthetic[:, :3])
+
+
+def test_worker_wrapped_message_is_reduced_to_the_sample_message():
+    wrapped = ("Caught BadSampleError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\n    raise BadSampleError(msg)\n'
+               "pcdet_rmae_ts.data.readers.BadSampleError: /d/a.bin: empty point cloud (0 points)\n")
+    assert str(BadSampleError(wrapped)) == "/d/a.bin: empty point cloud (0 points) (in DataLoader worker process 1)"
+    assert str(BadSampleError("/d/a.bin: plain")) == "/d/a.bin: plain"
+
+
+def test_pcd_without_xyz_fields_is_refused(tmp_path):
+    pts = _cloud(5)
+    header = _pcd_header(len(pts), "binary", fields=("a", "b", "c", "intensity"))
+    (tmp_path / "a.pcd").write_bytes(header + pts.tobytes())
+    with pytest.raises(BadSampleError, match=r"a\.pcd: \.pcd file has no x/y/z field \(FIELDS a b c intensity\)"):
+        read_points(tmp_path / "a.pcd")
+
+
+def test_pcd_fields_are_reordered_to_xyz_first(tmp_path):
+    pts = _cloud(6)
+    header = _pcd_header(len(pts), "binary", fields=("intensity", "z", "x", "y"))
+    (tmp_path / "a.pcd").write_bytes(header + pts.tobytes())
+    np.testing.assert_array_equal(read_points(tmp_path / "a.pcd", num_columns=4), pts[:, [2, 3, 1, 0]])
+
+
+@pytest.mark.parametrize("suffix, target", [(".npy", "numpy.load"), (".bin", "numpy.fromfile"),
+                                            (".pcd", "pathlib.Path.read_bytes")])
+def test_unreadable_file_names_permissions_not_re_export(tmp_path, monkeypatch, suffix, target):
+    """Root reads any file whatever its mode, so the permission error is simulated."""
+    pts = _cloud(7)
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".npy":
+        np.save(path, pts)
+    elif suffix == ".bin":
+        pts.tofile(path)
+    else:
+        path.write_bytes(_pcd_header(len(pts), "binary") + pts.tobytes())
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    module, name = target.rsplit(".", 1)
+    owner = {"numpy": np, "pathlib.Path": __import__("pathlib").Path}[module]
+    monkeypatch.setattr(owner, name, denied)
+    with pytest.raises(BadSampleError) as info:
+        read_points(path, num_columns=4)
+    message = str(info.value)
+    assert "cannot read the file (Permission denied)" in message and "chmod" in message
+    assert "re-export" not in message and "numpy.save" not in message

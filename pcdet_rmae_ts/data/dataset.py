@@ -14,12 +14,15 @@ from typing import Any, Mapping, Sequence, Tuple, Union
 import numpy as np
 import torch.utils.data
 
+from ..config import ConfigError, config_source
 from .augment import PointAugmentor
 from .processor import DataProcessor, PointFeatureEncoder
 from .readers import SUPPORTED_SUFFIXES, BadSampleError, read_points
 
 _LOG = logging.getLogger(__name__)
 ON_BAD_SAMPLE_CHOICES = ("error", "skip")
+SKIP_HINT = ("To train on without bad files, set DATA_CONFIG.ON_BAD_SAMPLE: skip "
+             "(or --set DATA_CONFIG.ON_BAD_SAMPLE skip)")
 DATA_PATH_FIX = "pass --set DATA_CONFIG.DATA_PATH /path/to/dataset (or fix DATA_PATH in the dataset YAML)"
 
 Index = Union[int, Tuple[int, int]]
@@ -41,6 +44,45 @@ class BadSamplePolicy:
         if retries < 1:
             raise ValueError(f"DATA_CONFIG.MAX_BAD_SAMPLE_RETRIES must be >= 1, got {retries}")
         return cls(on_bad_sample=mode, max_retries=retries)
+
+
+def check_point_cloud_range(value: Any, source: str | None = None) -> np.ndarray:
+    """``POINT_CLOUD_RANGE`` as float32 [x_min, y_min, z_min, x_max, y_max, z_max] (metres), or ConfigError."""
+    key, example = "DATA_CONFIG.POINT_CLOUD_RANGE", "[-75.2, -75.2, -2, 75.2, 75.2, 4]"
+    try:
+        pcr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        pcr = np.zeros(0)
+    if pcr.shape != (6,) or not np.isfinite(pcr).all():
+        raise ConfigError(f"must be 6 finite numbers [x_min, y_min, z_min, x_max, y_max, z_max], got {value!r}",
+                          key=key, file=source, fix=f"e.g. {example}")
+    inverted = [axis for axis, lo, hi in zip("xyz", pcr[:3], pcr[3:]) if not lo < hi]
+    if inverted:
+        raise ConfigError(f"min must be below max on each axis, but not on {', '.join(inverted)} (got {value!r}; "
+                          "the order is all minima, then all maxima)", key=key, file=source,
+                          fix=f"e.g. {example}")
+    return pcr.astype(np.float32)
+
+
+def check_voxel_size(processors: Sequence[Mapping[str, Any]], point_cloud_range: np.ndarray,
+                     source: str | None = None) -> None:
+    """``VOXEL_SIZE`` of transform_points_to_voxels: 3 positive numbers no larger than the range."""
+    for i, entry in enumerate(processors):
+        if not isinstance(entry, Mapping) or entry.get("NAME") != "transform_points_to_voxels":
+            continue
+        key = f"DATA_CONFIG.DATA_PROCESSOR[{i}].VOXEL_SIZE"
+        value = entry.get("VOXEL_SIZE")
+        try:
+            size = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            size = np.zeros(0)
+        if size.shape != (3,) or not np.isfinite(size).all() or (size <= 0).any():
+            raise ConfigError(f"must be 3 positive sizes [x, y, z] in metres, got {value!r}", key=key,
+                              file=source, fix="e.g. [0.1, 0.1, 0.15]")
+        extent = point_cloud_range[3:].astype(np.float64) - point_cloud_range[:3]
+        if (size > extent).any():
+            raise ConfigError(f"{value!r} is larger than the POINT_CLOUD_RANGE extent {extent.tolist()}", key=key,
+                              file=source, fix="use voxels smaller than the range")
 
 
 def discover_samples(root: Path, split_name: str) -> tuple[list[str], list[Path]]:
@@ -90,7 +132,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.voxelize_on_device = bool(dataset_cfg.get("VOXELIZE_ON_DEVICE", False))
         self.seed = int(seed)
         self.epoch = 0
-        self.point_cloud_range = np.asarray(dataset_cfg["POINT_CLOUD_RANGE"], dtype=np.float32)
+        self.point_cloud_range = check_point_cloud_range(dataset_cfg.get("POINT_CLOUD_RANGE"),
+                                                         config_source(dataset_cfg))
+        check_voxel_size(dataset_cfg.get("DATA_PROCESSOR", []) or [], self.point_cloud_range,
+                         config_source(dataset_cfg))
         self.point_feature_encoder = PointFeatureEncoder(dataset_cfg["POINT_FEATURE_ENCODING"])
         self.data_augmentor = (PointAugmentor(dataset_cfg.get("DATA_AUGMENTOR", {}) or {}, logger=self._log)
                                if training else None)
@@ -147,7 +192,7 @@ class PretrainDataset(torch.utils.data.Dataset):
                 return self.load_sample(current, epoch)
             except BadSampleError as err:
                 if self.policy.on_bad_sample == "error":
-                    raise
+                    raise BadSampleError(f"{err}. {SKIP_HINT}") from err
                 errors.append(str(err))
                 self._log.warning("Skipping bad sample %s (ON_BAD_SAMPLE=skip): %s",
                                   self.sample_files[current].name, err)

@@ -5,6 +5,7 @@ dataset can either stop or skip it (``ON_BAD_SAMPLE``) instead of training on a 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,44 @@ MIN_LAYOUT_ROWS = 100
 
 
 class BadSampleError(ValueError):
-    """A point-cloud sample that cannot be used; the message names the file and the problem."""
+    """A point-cloud sample that cannot be used; the message names the file and the problem.
+
+    A DataLoader worker's error reaches the main process re-created from its formatted traceback
+    (``Caught BadSampleError in DataLoader worker process 1`` + ~30 lines); the constructor keeps
+    only the sample's own message from it, and the worker number."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(_unwrap_worker_message(str(message)))
+
+
+_WORKER_PREFIX = re.compile(r"^Caught BadSampleError (in DataLoader worker process \d+)")
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """``'Caught BadSampleError in DataLoader worker process N. Original Traceback ... BadSampleError: msg'``
+    -> ``'msg (in DataLoader worker process N)'``; other messages unchanged."""
+    match = _WORKER_PREFIX.match(message)
+    if not match:
+        return message
+    marker = "BadSampleError: "
+    last = message.rstrip().rfind(marker)
+    own = message[last + len(marker):].strip() if last >= 0 else message
+    return f"{own} ({match.group(1)})"
+
+
+def _unreadable(path: Path, err: OSError) -> BadSampleError:
+    """The error for a file the OS will not give us (permissions, I/O error): not a format problem."""
+    reason = err.strerror or type(err).__name__
+    fix = ("make it readable by this user (e.g. chmod a+r, or fix the owner)" if isinstance(err, PermissionError)
+           else "check the disk or the network mount it is on")
+    return BadSampleError(f"{path}: cannot read the file ({reason}); {fix}")
 
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
+    except (PermissionError, IsADirectoryError) as err:
+        raise _unreadable(path, err) from err
     except Exception as err:  # numpy raises ValueError/OSError/EOFError/UnpicklingError for bad files
         raise BadSampleError(f"{path}: unreadable .npy file ({type(err).__name__}: {err}); "
                              "re-export it with numpy.save(path, points.astype('float32'))") from err
@@ -46,7 +79,10 @@ def _read_bin(path: Path, num_columns: int) -> np.ndarray:
         raise BadSampleError(
             f"{path}: .bin size {nbytes} bytes is not a multiple of 4 x {num_columns} columns "
             f"(truncated file, or the cloud has a different column count than the {num_columns} expected)")
-    flat = np.fromfile(path, dtype=np.float32)
+    try:
+        flat = np.fromfile(path, dtype=np.float32)
+    except OSError as err:
+        raise _unreadable(path, err) from err
     check_bin_layout(flat, num_columns, path)
     return flat.reshape(-1, num_columns)
 
@@ -113,11 +149,21 @@ def check_bin_layout(flat: np.ndarray, num_columns: int, path: Path) -> None:
 
 
 def _read_pcd(path: Path) -> np.ndarray:
+    """x, y, z first (in that order), then the other fields in file order."""
     try:
-        points, _ = read_pcd(path)
+        points, columns = read_pcd(path)
+    except OSError as err:
+        raise _unreadable(path, err) from err
     except (PcdFormatError, ValueError) as err:
         raise BadSampleError(f"{path}: bad .pcd file: {err}") from err
-    return points
+    names = [str(c).lower() for c in columns]
+    missing = [axis for axis in "xyz" if axis not in names]
+    if missing:
+        raise BadSampleError(f"{path}: .pcd file has no {'/'.join(missing)} field (FIELDS {' '.join(columns)}); "
+                             "point clouds need x, y, z in metres: re-export with FIELDS x y z ...")
+    xyz = [names.index(axis) for axis in "xyz"]
+    order = xyz + [i for i in range(len(names)) if i not in xyz]
+    return points if order == list(range(len(names))) else np.ascontiguousarray(points[:, order])
 
 
 def validate_points(points: np.ndarray, path: str | Path, num_columns: int | None) -> np.ndarray:
