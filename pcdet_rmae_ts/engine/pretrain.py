@@ -19,9 +19,17 @@ import torch
 from easydict import EasyDict
 
 from ..config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
-from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_report, set_rng_state, unwrap
+from .checkpoint import (
+    check_resume_shapes,
+    load_checkpoint,
+    load_newest_checkpoint,
+    load_weights_report,
+    set_rng_state,
+    unwrap,
+)
 from .dist import get_rank, init_dist_pytorch, wrap_ddp
 from .logging_utils import create_logger
+from .run_lock import RunLock
 from .trainer import LoopConfig, Trainer, TrainState
 
 # At the user's grid one worker reads, augments and crops ~25 frames/s on an H100 host's core
@@ -129,7 +137,7 @@ def prepare_data_path(cfg, logger: logging.Logger) -> None:
 
     ensure_dataset(cfg.DATA_CONFIG.DATA_PATH, frames=int(synthetic.get("FRAMES", 20)),
                    seed=int(synthetic.get("SEED", 0)), profile=str(synthetic.get("PROFILE", "demo")),
-                   logger=logger)
+                   logger=logger, features=list(cfg.DATA_CONFIG.POINT_FEATURE_ENCODING.src_feature_list))
 
 
 def _output_dirs(cfg, args) -> dict:
@@ -139,11 +147,16 @@ def _output_dirs(cfg, args) -> dict:
 
 
 def _resume(args, model, optimizer, scheduler, scaler, ckpt_dir: Path, logger) -> TrainState:
-    path = Path(args.ckpt) if args.ckpt else latest_checkpoint(ckpt_dir)
+    """--ckpt, else the newest checkpoint of this run's folder that loads (corrupt ones are moved aside)."""
+    if args.ckpt:
+        path = Path(args.ckpt)
+        ckpt = load_checkpoint(path, trust_pickle=args.trust_checkpoint)
+    else:
+        path, ckpt = load_newest_checkpoint(ckpt_dir, logger, trust_pickle=args.trust_checkpoint)
     if path is None:
         return TrainState()
     logger.info("Resuming from %s", path)
-    ckpt = load_checkpoint(path, trust_pickle=args.trust_checkpoint)
+    check_resume_shapes(model, ckpt["model_state"], path)
     unwrap(model).load_state_dict(ckpt["model_state"])
     if ckpt.get("optimizer_state") is not None:
         optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -174,6 +187,7 @@ class Job:
     local_rank: int
     dirs: dict
     logger: logging.Logger
+    lock: Optional[RunLock] = None  # rank 0's hold on the output folder
 
 
 def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
@@ -197,19 +211,25 @@ def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
     if args.fix_random_seed:
         _seed_everything(args.seed + rank)
     dirs = _output_dirs(cfg, args)
+    lock = None
     if rank == 0:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(dirs["root"]).acquire()  # before the log file: a refused run writes nothing there
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     logger = create_logger(dirs["root"] / f"log_train_{stamp}.txt", rank)
     logging.getLogger("pcdet_rmae_ts").handlers[:] = logger.handlers
     logger.info("**********************Start logging**********************")
+    if lock is not None and lock.stale_owner:
+        logger.warning("Took over %s left by a run that is no longer running (PID %s on %s, started %s).",
+                       lock.path, lock.stale_owner.get("pid"), lock.stale_owner.get("host"),
+                       lock.stale_owner.get("started", "?"))
     logger.info("CUDA_VISIBLE_DEVICES=%s  device=%s  world_size=%d", os.environ.get("CUDA_VISIBLE_DEVICES", "ALL"),
                 device, world_size)
     for key, value in vars(args).items():
         logger.info("%-24s %s", key, value)
     log_config_to_file(cfg, logger=logger)
-    return Job(args, cfg, device, distributed, world_size, rank, local_rank, dirs, logger)
+    return Job(args, cfg, device, distributed, world_size, rank, local_rank, dirs, logger, lock)
 
 
 def build_trainer(job: Job):
@@ -271,12 +291,17 @@ def build_trainer(job: Job):
 def run_pretraining(argv: Optional[Sequence[str]] = None) -> Path:
     """Run a pretraining job; returns the output folder."""
     job = setup_job(argv)
-    trainer, state, tb_writer = build_trainer(job)
-    job.logger.info("**********************Start training %s/%s(%s)**********************",
-                    job.cfg.EXP_GROUP_PATH, job.cfg.TAG, job.args.extra_tag)
-    trainer.train(state)
-    if tb_writer is not None:
-        tb_writer.close()
+    tb_writer = None
+    try:
+        trainer, state, tb_writer = build_trainer(job)
+        job.logger.info("**********************Start training %s/%s(%s)**********************",
+                        job.cfg.EXP_GROUP_PATH, job.cfg.TAG, job.args.extra_tag)
+        trainer.train(state)
+    finally:
+        if tb_writer is not None:
+            tb_writer.close()
+        if job.lock is not None:
+            job.lock.release()
     job.logger.info("**********************End training; checkpoints in %s**********************", job.dirs["ckpt"])
     if job.distributed:
         torch.distributed.barrier()

@@ -1,9 +1,14 @@
 """The pretraining loop: one optimizer step per batch, EMA teacher update after it,
-scalars to tensorboard, tqdm progress, periodic and time-based checkpoints."""
+scalars to tensorboard, progress (tqdm on a terminal, log lines otherwise), periodic and
+time-based checkpoints, and a resumable checkpoint on Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,19 @@ class LoopConfig:
     vis_interval: int = 0   # OPTIMIZATION.VIS_INTERVAL: BEV masking image to tensorboard every N epochs; 0 = off
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training after a completed step; the message says what was saved."""
+
+
+PROGRESS_LINES_PER_EPOCH = 5     # without a terminal: progress log lines per epoch ...
+PROGRESS_LOG_SECONDS = 60.0      # ... and at least one a minute
+
+
+def _progress_bars(rank: int) -> bool | None:
+    """tqdm's ``disable``: off on other ranks; None (= only on a terminal) on rank 0."""
+    return True if rank != 0 else None
+
+
 class SkipFirst(torch.utils.data.Sampler):
     """The sampler's order for this epoch minus the first ``n`` batches' worth of indices."""
 
@@ -63,12 +81,66 @@ class Trainer:
         self.iters_per_epoch = len(loader)
         self.total_iters = self.iters_per_epoch * loop.total_epochs
         self._last_time_ckpt = time.time()
+        self._interrupted = False  # first Ctrl-C: stop after the current step
+        self._aborted = False      # second Ctrl-C: stop at once, do not save
+        # tqdm draws bars on a terminal only; a redirected log gets plain progress lines instead
+        self._bars_disabled = _progress_bars(rank)
+        self._log_progress = rank == 0 and not sys.stderr.isatty()
+        self._last_progress_log = time.time()
 
     # ------------------------------------------------------------------ public
     def train(self, state: TrainState) -> TrainState:
+        """Train until ``loop.total_epochs``. On Ctrl-C, finish the current step, save
+        latest_model.pth (resumed mid-epoch by the same command) and raise TrainingInterrupted."""
+        with self._stop_on_sigint():
+            try:
+                return self._train_epochs(state)
+            except BaseException:
+                if not self._interrupted:
+                    raise
+                if self._aborted:
+                    raise TrainingInterrupted(
+                        f"Interrupted twice (Ctrl-C) in epoch {state.epoch + 1}; stopped at once without saving. "
+                        f"Run the same command to resume from the newest checkpoint in {self.loop.ckpt_dir}.") from None
+                # The flag is only acted on between steps, so ``state`` describes the last finished
+                # step (a loader worker that died of the same Ctrl-C ends up here too).
+                path = self.loop.ckpt_dir / LATEST_NAME
+                self._save(path, state)
+                raise TrainingInterrupted(
+                    f"Interrupted (Ctrl-C) in epoch {state.epoch + 1} after iteration {state.it}; saved {path}. "
+                    f"Run the same command to resume from there.") from None
+
+    @contextlib.contextmanager
+    def _stop_on_sigint(self):
+        """While training, the first SIGINT only sets a flag (checked after each step); a second one
+        interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._interrupted:
+                self._aborted = True
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            self._interrupted = True  # no logging here: a signal handler may not take the log's lock
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def _train_epochs(self, state: TrainState) -> TrainState:
         bar = tqdm(total=self.loop.total_epochs, initial=state.epoch, desc="epochs", dynamic_ncols=True,
-                   disable=self.rank != 0, leave=True)
+                   disable=self._bars_disabled, leave=True)
         while state.epoch < self.loop.total_epochs:
+            self._check_interrupt()
             self.train_one_epoch(state)
             state.epoch += 1
             state.skip_batches = 0
@@ -93,7 +165,7 @@ class Trainer:
         self.sampler.set_epoch(state.epoch)
         loader = self._epoch_loader(state.skip_batches)
         bar = tqdm(total=self.iters_per_epoch, initial=state.skip_batches, desc=f"epoch {state.epoch + 1}",
-                   dynamic_ncols=True, disable=self.rank != 0, leave=False)
+                   dynamic_ncols=True, disable=self._bars_disabled, leave=False)
         self.model.train()
         end = time.time()
         losses = []
@@ -108,7 +180,9 @@ class Trainer:
             losses.append(float(tb_dict["loss"]))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.scheduler.base_lr:.2e}")
             bar.update(1)
+            self._progress_line(state, losses[-1], step_time)
             self._time_checkpoint(state)
+            self._check_interrupt()
         bar.close()
         if losses:
             self.logger.info("epoch %d/%d: mean loss %.4f (first %.4f, last %.4f) over %d iterations",
@@ -157,6 +231,18 @@ class Trainer:
             loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
             collate_fn=loader.collate_fn, drop_last=loader.drop_last, pin_memory=loader.pin_memory,
             worker_init_fn=loader.worker_init_fn)
+
+    def _progress_line(self, state: TrainState, loss: float, step_time: float) -> None:
+        """Without a terminal (tqdm off): a progress log line a few times per epoch and once a minute."""
+        if not self._log_progress:
+            return
+        every = max(1, math.ceil(self.iters_per_epoch / PROGRESS_LINES_PER_EPOCH))
+        if state.skip_batches % every != 0 and time.time() - self._last_progress_log < PROGRESS_LOG_SECONDS:
+            return
+        self._last_progress_log = time.time()
+        self.logger.info("epoch %d/%d  iteration %d/%d  loss %.4f  lr %.2e  %.2f s/iteration", state.epoch + 1,
+                         self.loop.total_epochs, state.skip_batches, self.iters_per_epoch, loss,
+                         self.scheduler.base_lr, step_time)
 
     def _log_step(self, tb_dict: dict, state: TrainState, data_time: float, step_time: float,
                   batch_size: int) -> None:
