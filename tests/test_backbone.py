@@ -12,7 +12,7 @@ from easydict import EasyDict
 
 from pcdet_rmae_ts.models.backbone import LossWeights, RMAECMAEBackbonePhase1
 
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seed-configs"
+SEEDS = Path(__file__).resolve().parent / "data" / "seed-configs"  # the user's original configs
 PKG_CFGS = Path(__file__).resolve().parents[1] / "pcdet_rmae_ts" / "cfgs" / "custom_models"
 RANGE = [-25.6, -25.6, -3.0, 25.6, 25.6, 3.0]
 VOXEL = [0.4, 0.4, 0.4]

@@ -18,6 +18,7 @@ from pcdet_rmae_ts.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SEED_CONFIGS = Path(__file__).resolve().parent / "data" / "seed-configs"  # the user's original configs
 FINETUNE = "cfgs/custom_models/rmae_cmae_isarc_4class_finetune_phase1.yaml"
 PRETRAIN = "cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml"
 DATASET = "cfgs/dataset_configs/custom_dataset_isarc.yaml"
@@ -75,9 +76,7 @@ def test_dataset_config_has_no_dozer():
 
 
 def test_every_seed_key_is_kept():
-    seed_dir = Path("/work/shared/seed-configs")
-    if not seed_dir.is_dir():
-        pytest.skip("seed configs not available on this machine")
+    seed_dir = SEED_CONFIGS
     removed = {"USE_IOU_TO_RECTIFY_SCORE", "IOU_RECTIFIER"}
 
     def leaves(node, pre=""):
@@ -150,9 +149,7 @@ def test_duplicate_key_warning_names_file_key_and_line(tmp_path, caplog):
 
 
 def test_seed_finetune_config_warns_about_experiment(caplog):
-    seed = Path("/work/shared/seed-configs/rmae_cmae_isarc_4class_finetune_phase1.yaml")
-    if not seed.is_file():
-        pytest.skip("seed configs not available on this machine")
+    seed = SEED_CONFIGS / "rmae_cmae_isarc_4class_finetune_phase1.yaml"
     with caplog.at_level(logging.WARNING):
         cfg_from_yaml_file(seed)
     assert any("'EXPERIMENT'" in r.getMessage() for r in caplog.records)

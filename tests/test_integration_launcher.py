@@ -116,9 +116,7 @@ def test_launcher_reports_missing_tools_dir(tmp_path):
 
 def test_launcher_stops_on_preflight_errors(tmp_path):
     tools = _fake_tools(tmp_path)
-    seeds = REPO.parent / "shared" / "seed-configs"
-    if not seeds.is_dir():
-        pytest.skip("seed configs not available")
+    seeds = REPO / "tests" / "data" / "seed-configs"  # the user's original configs
     cfg = tmp_path / "cfgs" / "custom_models"
     cfg.mkdir(parents=True)
     (tmp_path / "cfgs" / "dataset_configs").mkdir()
