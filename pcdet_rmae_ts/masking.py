@@ -1,11 +1,13 @@
-"""Two-stage radial masking of voxels (R-MAE, Hess et al., "Masked Autoencoder for
-Self-Supervised Pre-Training on Lidar Point Clouds", WACV-W 2023).
+"""Two-stage radial masking of voxels (R-MAE, Tayebati et al., "Sense Less, Generate More:
+Pre-training LiDAR Perception with Masked Autoencoders for Ultra-Efficient 3D Sensing", 2024).
 
-Stage 1 drops whole angular sectors around the sensor; stage 2 masks the voxels of
-the selected sectors with a probability that depends on their range band. All
-geometry comes from **metric voxel centres relative to the sensor origin**; every
-sample of a batch gets its own rotation, sector choice and draws. Fully vectorised
-on the input's device; reproducible from a ``torch.Generator``.
+Stage 1 selects angular sectors around the sensor; stage 2 masks the voxels of the selected
+sectors with a probability that depends on their range band; unselected sectors stay fully
+visible. ``MASKING_TARGET: sectors`` (default, the paper's scheme) selects ``round(MASKED_RATIO x
+non-empty sectors)`` per sample; ``voxels`` selects sectors until the *expected* masked-voxel
+fraction reaches ``MASKED_RATIO``. All geometry comes from **metric voxel centres relative to the
+sensor origin**; every sample of a batch gets its own rotation, sector choice and draws. Fully
+vectorised on the input's device; reproducible from a ``torch.Generator``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 BANDS = ("NEAR", "MID", "FAR")
+MASKING_TARGETS = ("sectors", "voxels")
+
+# "cannot reach MASKED_RATIO" is a property of the config and the data, not of one model: once per
+# process (a model is built several times in a run: tools, tests, the teacher's copy).
+_warned_unreachable = False
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class MaskingConfig:
     """Validated masking hyper-parameters (angles in degrees, distances in metres)."""
 
     masked_ratio: float = 0.8
+    target: str = "sectors"
     num_sectors: int = 36
     sector_width: float = 10.0
     near: float = 10.0
@@ -38,6 +46,8 @@ class MaskingConfig:
     def __post_init__(self):
         if not 0.0 <= self.masked_ratio < 1.0:
             raise ValueError(f"MASKED_RATIO must be in [0, 1), got {self.masked_ratio}")
+        if self.target not in MASKING_TARGETS:
+            raise ValueError(f"MASKING_TARGET must be one of {list(MASKING_TARGETS)}, got '{self.target}'")
         if abs(self.num_sectors * self.sector_width - 360.0) > 1e-6:
             raise ValueError(
                 f"NUM_ANGULAR_GROUPS x ANGULAR_GROUP_SIZE must equal 360 degrees, got "
@@ -52,14 +62,18 @@ class MaskingConfig:
             raise ValueError(f"MIN_KEPT_VOXELS must be >= 0, got {self.min_kept_voxels}")
 
 
-MASKING_KEYS = ("MASKED_RATIO", "NUM_ANGULAR_GROUPS", "ANGULAR_GROUP_SIZE", "ANGULAR_RANGE",
+MASKING_KEYS = ("MASKED_RATIO", "MASKING_TARGET", "NUM_ANGULAR_GROUPS", "ANGULAR_GROUP_SIZE", "ANGULAR_RANGE",
                 "DISTANCE_THRESHOLDS", "RANGE_MASK_PROBS", "USE_BERNOULLI_MASKING",
                 "ENABLE_2STAGE_MASKING", "MIN_KEPT_VOXELS", "MASKING_SEED")
 
 
 def masking_config_from_cfg(model_cfg) -> MaskingConfig:
     """Parse the BACKBONE_3D keys of the seed config (``ANGULAR_RANGE`` is the older alias
-    of ``ANGULAR_GROUP_SIZE``; when only one of size/count is given the other follows)."""
+    of ``ANGULAR_GROUP_SIZE``; when only one of size/count is given the other follows).
+
+    ``MASKING_TARGET`` (default ``sectors``) says what ``MASKED_RATIO`` is a fraction of:
+    ``sectors``: the non-empty angular sectors selected in stage 1 (R-MAE); ``voxels``: the
+    expected fraction of masked voxels per sample (sectors are added until it is reached)."""
     width = model_cfg.get("ANGULAR_GROUP_SIZE", model_cfg.get("ANGULAR_RANGE"))
     count = model_cfg.get("NUM_ANGULAR_GROUPS")
     if width is None and count is None:
@@ -80,6 +94,7 @@ def masking_config_from_cfg(model_cfg) -> MaskingConfig:
     defaults = dict(zip(BANDS, MaskingConfig.band_probs))
     return MaskingConfig(
         masked_ratio=float(model_cfg.get("MASKED_RATIO", 0.8)),
+        target=str(model_cfg.get("MASKING_TARGET", "sectors")).lower(),
         num_sectors=int(count),
         sector_width=float(width),
         near=float(near),
@@ -98,9 +113,11 @@ class MaskResult:
     keep: (N,) bool, True for voxels the student sees.
     sector_offset: (B,) float, each sample's sector rotation in degrees.
     sector_selected: (B, G) bool, sectors chosen in stage 1.
-    stats: scalar tensors for logging (achieved ratios, overall and per band).
+    stats: scalar tensors for logging (achieved ratios, overall and per band; fraction of the
+        non-empty sectors selected).
     sample_ratio: (B,) achieved masked fraction of each sample (0 for an empty sample).
     sample_band_ratio: (B, 3) the same per range band NEAR, MID, FAR (0 where a band is empty).
+    sample_sector_fraction: (B,) selected / non-empty sectors of each sample (0 for an empty sample).
     """
 
     keep: torch.Tensor
@@ -110,6 +127,7 @@ class MaskResult:
     stats: Dict[str, torch.Tensor] = field(default_factory=dict)
     sample_ratio: Optional[torch.Tensor] = None
     sample_band_ratio: Optional[torch.Tensor] = None
+    sample_sector_fraction: Optional[torch.Tensor] = None
 
     def in_masked_sector(self, xy: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor:
         """(M,) bool: whether metric points (M, 2) of samples ``batch_idx`` lie in a selected sector."""
@@ -178,7 +196,6 @@ class RadialMasker:
         self.point_cloud_range = [float(v) for v in point_cloud_range]
         self.seed = seed
         self._generators: Dict[str, torch.Generator] = {}
-        self._warned_unreachable = False
         self._calls = 0
 
     def generator(self, device: torch.device) -> torch.Generator:
@@ -202,45 +219,62 @@ class RadialMasker:
         cfg = self.config
         device = coords.device
         gen = generator if generator is not None else self.generator(device)
+        self._calls += 1
         batch = coords[:, 0].long()
         xy = voxel_centres_xy(coords, self.voxel_size, self.point_cloud_range)
         offset = torch.rand(batch_size, device=device, generator=gen) * cfg.sector_width
         sector = sector_index(xy, offset[batch], cfg.sector_width, cfg.num_sectors)
         band = self._band(xy)
+        cell = batch * cfg.num_sectors + sector
+        occupied = torch.zeros(batch_size * cfg.num_sectors, dtype=torch.bool, device=device)
+        occupied = occupied.index_fill_(0, cell, True).view(batch_size, cfg.num_sectors)
         if cfg.masked_ratio == 0.0 or coords.shape[0] == 0:
             keep = torch.ones(coords.shape[0], dtype=torch.bool, device=device)
             selected = torch.zeros(batch_size, cfg.num_sectors, dtype=torch.bool, device=device)
         else:
-            selected = self._select_sectors(batch, sector, band, batch_size, gen)
+            if cfg.target == "sectors":
+                selected = self._select_by_count(occupied, gen)
+            else:
+                selected = self._select_by_mass(batch, cell, band, occupied, gen)
             in_selected = selected[batch, sector]
             keep = ~(in_selected & self._stage2(batch, band, in_selected, batch_size, gen))
             keep = self._apply_floor(keep, batch, batch_size, gen)
         result = MaskResult(keep, offset, selected, cfg.sector_width)
         result.stats, result.sample_ratio, result.sample_band_ratio = self._stats(keep, batch, band, batch_size)
+        result.sample_sector_fraction = self._sector_stats(result.stats, selected, occupied)
+        if self._calls == 1:
+            self._log_first(result)
         return result
 
     def _band(self, xy: torch.Tensor) -> torch.Tensor:
         dist = torch.linalg.norm(xy, dim=1)
         return (dist > self.config.near).long() + (dist > self.config.far).long()
 
-    def _select_sectors(self, batch, sector, band, batch_size, gen) -> torch.Tensor:
-        """(B, G) bool. Sectors are taken in a random order per sample until their expected
-        masked mass reaches ``masked_ratio`` x the sample's voxels; the sector that crosses
+    def _select_by_count(self, occupied: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(B, G) bool, ``MASKING_TARGET: sectors``: ``round(masked_ratio x non-empty sectors)`` of
+        each sample's non-empty sectors, chosen uniformly at random (Python's ``round``: half to even)."""
+        batch_size, num = occupied.shape
+        count = torch.round(self.config.masked_ratio * occupied.sum(1).float())
+        # empty sectors get a score above every random one, so they sort last and are never taken
+        score = torch.rand(batch_size, num, device=occupied.device, generator=gen).masked_fill(~occupied, 2.0)
+        order = torch.argsort(score, dim=1)
+        take_sorted = torch.arange(num, device=occupied.device)[None, :] < count[:, None]
+        return torch.zeros_like(occupied).scatter_(1, order, take_sorted)
+
+    def _select_by_mass(self, batch, cell, band, occupied, gen) -> torch.Tensor:
+        """(B, G) bool, ``MASKING_TARGET: voxels``. Sectors are taken in a random order per sample until
+        their expected masked mass reaches ``masked_ratio`` x the sample's voxels; the sector that crosses
         the target is taken with the probability that makes the expectation exact."""
         cfg = self.config
-        num = cfg.num_sectors
+        batch_size, num = occupied.shape
         device = batch.device
-        cell = batch * num + sector
         if cfg.two_stage:
             probs = device_constant(tuple(cfg.band_probs), device)
-            mass = bin_sum(cell, batch_size * num, probs[band])
-            voxels = bin_sum(batch, batch_size)
-            target = cfg.masked_ratio * voxels
-        else:  # stage 1 only: a fraction masked_ratio of the non-empty sectors
-            occupied = torch.zeros(batch_size * num, device=device).scatter_(0, cell, 1.0)
-            mass = occupied
-            target = cfg.masked_ratio * occupied.view(batch_size, num).sum(1)
-        mass = mass.view(batch_size, num)
+            mass = bin_sum(cell, batch_size * num, probs[band]).view(batch_size, num)
+            target = cfg.masked_ratio * bin_sum(batch, batch_size)
+        else:  # stage 1 only: a fraction masked_ratio of the non-empty sectors (in expectation)
+            mass = occupied.float()
+            target = cfg.masked_ratio * mass.sum(1)
         reachable = mass.sum(1) + 1e-6 >= target
         self._warn_unreachable(reachable)
         order = torch.argsort(torch.rand(batch_size, num, device=device, generator=gen), dim=1)
@@ -251,22 +285,32 @@ class RadialMasker:
                                 torch.zeros_like(need)).clamp(max=1.0)
         take_sorted = torch.rand(batch_size, num, device=device, generator=gen) < take_prob
         take_sorted |= ~reachable[:, None]
-        selected = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)
-        return selected
+        return torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)
 
     def _warn_unreachable(self, reachable: torch.Tensor) -> None:
-        """Log once when a sample cannot reach the ratio. Reading the flag syncs with the device, so it
-        is read on the first calls and then every 50th, not on every training step."""
-        self._calls += 1
-        if self._warned_unreachable or (self._calls > 5 and self._calls % 50):
+        """``voxels`` mode: log once per process when a sample cannot reach the ratio. Reading the flag
+        syncs with the device, so it is read on the first calls and then every 50th, not every step."""
+        global _warned_unreachable
+        if _warned_unreachable or (self._calls > 5 and self._calls % 50):
             return
         if not bool(reachable.all()):
             logger.warning(
-                "Masking: RANGE_MASK_PROBS %s cannot reach MASKED_RATIO %.2f for some samples even with "
-                "every sector selected; all sectors are used for those samples (their achieved ratio is "
-                "lower). Raise the band probabilities or lower MASKED_RATIO. (Logged once.)",
+                "Masking (MASKING_TARGET: voxels): RANGE_MASK_PROBS %s cannot reach MASKED_RATIO %.2f for some "
+                "samples even with every sector selected; all sectors are used for those samples (their "
+                "achieved ratio is lower, and no sector stays visible). Use MASKING_TARGET: sectors (R-MAE's "
+                "scheme), raise the band probabilities or lower MASKED_RATIO. (Logged once.)",
                 dict(zip(BANDS, self.config.band_probs)), self.config.masked_ratio)
-            self._warned_unreachable = True
+            _warned_unreachable = True
+
+    def _log_first(self, result: MaskResult) -> None:
+        """One INFO line on the first call (one host sync): what this config does to real data."""
+        stats = {k: float(v) for k, v in result.stats.items()}
+        logger.info(
+            "Masking (MASKING_TARGET: %s, MASKED_RATIO %.2f), first batch: %.1f%% of the non-empty sectors "
+            "selected per sample (min %.1f%%), %.1f%% of the voxels masked (near %.1f%%, mid %.1f%%, far %.1f%%)",
+            self.config.target, self.config.masked_ratio, 100 * stats["mask_sector_fraction"],
+            100 * stats["mask_sector_fraction_min"], 100 * stats["mask_ratio"], 100 * stats["mask_ratio_near"],
+            100 * stats["mask_ratio_mid"], 100 * stats["mask_ratio_far"])
 
     def _stage2(self, batch, band, in_selected, batch_size, gen) -> torch.Tensor:
         """(N,) bool: masked by the range-aware stage (True everywhere when stage 2 is off)."""
@@ -318,6 +362,18 @@ class RadialMasker:
             stats[f"mask_ratio_{name.lower()}"] = band_masked[i] / band_total[i].clamp(min=1.0)
         return stats, sample_ratio, sample_band_ratio
 
+    @staticmethod
+    def _sector_stats(stats: Dict[str, torch.Tensor], selected: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+        """Adds ``mask_sector_fraction`` (mean over non-empty samples) and ``..._min`` to ``stats``;
+        returns the (B,) fraction of each sample's non-empty sectors that were selected."""
+        nonempty = occupied.sum(1).float()
+        fraction = (selected & occupied).sum(1).float() / nonempty.clamp(min=1.0)
+        has = nonempty > 0
+        stats["mask_sector_fraction"] = (fraction * has).sum() / has.sum().clamp(min=1)
+        stats["mask_sector_fraction_min"] = torch.where(has, fraction, torch.ones_like(fraction)).min() \
+            if fraction.numel() else fraction.new_zeros(())
+        return fraction
 
-__all__ = ["MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg", "voxel_centres_xy",
-           "sector_index", "rank_within_group", "bin_sum", "MASKING_KEYS", "BANDS"]
+
+__all__ = ["MASKING_TARGETS", "MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg",
+           "voxel_centres_xy", "sector_index", "rank_within_group", "bin_sum", "MASKING_KEYS", "BANDS"]
