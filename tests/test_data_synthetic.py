@@ -1,14 +1,34 @@
-"""Synthetic construction-site LiDAR: determinism, classes, label format, occlusion, dataset use."""
+"""Synthetic construction-site LiDAR: determinism, classes, label format, occlusion, columns, folder
+ownership, workers, the hard profile, dataset use."""
 from __future__ import annotations
 
 import filecmp
+import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pcdet_rmae_ts.data import PretrainDataset
+from pcdet_rmae_ts.config import PACKAGE_ROOT, cfg_from_list, cfg_from_yaml_file
+from pcdet_rmae_ts.data import PretrainDataset, synthetic
 from pcdet_rmae_ts.data.raycast import Ground, intersect_ground
-from pcdet_rmae_ts.data.synthetic import CLASS_NAMES, CLASS_SIZES, ensure_dataset, generate_frame, write_dataset
+from pcdet_rmae_ts.data.synthetic import (
+    CLASS_NAMES,
+    CLASS_SIZES,
+    MARKER,
+    ForeignFolderError,
+    ensure_dataset,
+    features_from_config,
+    generate_frame,
+    main,
+    parse_features,
+    write_dataset,
+)
+
+ISARC_PHASE1 = PACKAGE_ROOT / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_pretraining_phase1.yaml"
+ISARC_DATASET = PACKAGE_ROOT / "cfgs" / "dataset_configs" / "custom_dataset_isarc.yaml"
+DEMO_CFG = PACKAGE_ROOT / "cfgs" / "demo" / "rmae_cmae_demo_pretraining.yaml"
 
 
 def _rng(seed):
@@ -139,3 +159,201 @@ def test_synthetic_dataset_loads_in_pretrain_dataset(tmp_path):
     })
     sample = PretrainDataset(cfg, list(CLASS_NAMES), training=True)[0]
     assert sample["frame_id"] == "000000" and len(sample["voxels"]) > 5000
+
+
+def _files(root: Path) -> dict:
+    """Relative path -> bytes of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _label_lines(root: Path) -> dict:
+    return {p.stem: p.read_text().splitlines() for p in sorted((root / "labels").glob("*.txt"))}
+
+
+def test_features_option_writes_three_columns(tmp_path):
+    main(["--out", str(tmp_path / "xyz"), "--frames", "2", "--features", "x,y,z", "--workers", "1"])
+    full = write_dataset(tmp_path / "xyzi", frames=2, seed=0, workers=1)
+    for frame_id in ("000000", "000001"):
+        xyz = np.load(tmp_path / "xyz" / "points" / f"{frame_id}.npy")
+        assert xyz.dtype == np.float32 and xyz.shape[1] == 3 and xyz.flags.c_contiguous
+        np.testing.assert_array_equal(xyz, np.load(full / "points" / f"{frame_id}.npy")[:, :3])
+    assert _label_lines(tmp_path / "xyz") == _label_lines(full)
+    assert json.loads((tmp_path / "xyz" / MARKER).read_text())["features"] == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("cfg_file, columns", [(ISARC_PHASE1, 3), (ISARC_DATASET, 3), (DEMO_CFG, 4)])
+def test_cfg_file_option_takes_columns_from_the_config(tmp_path, cfg_file, columns):
+    main(["--out", str(tmp_path / "d"), "--frames", "1", "--cfg_file", str(cfg_file), "--workers", "1"])
+    assert np.load(tmp_path / "d" / "points" / "000000.npy").shape[1] == columns
+    assert len(features_from_config(cfg_file)) == columns
+
+
+def test_unknown_features_are_refused_with_the_known_names(tmp_path, capsys):
+    for bad in ("x,y,z,ring", ["x", "y", "z", "elongation"]):
+        with pytest.raises(ValueError, match="x, y, z, intensity"):
+            parse_features(bad)
+    for bad in ("intensity,x,y,z", "x,y", "x,y,z,intensity,intensity"):
+        with pytest.raises(ValueError, match="must start with x, y, z"):
+            parse_features(bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "d"), "--frames", "1", "--features", "x,y,z,timestamp"])
+    assert exit_info.value.code == 2 and "timestamp" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    cfg = tmp_path / "no_encoding.yaml"
+    cfg.write_text("DATA_PATH: somewhere\n")
+    with pytest.raises(ValueError, match="src_feature_list"):
+        features_from_config(cfg)
+
+
+def test_marker_records_parameters_and_completion(tmp_path):
+    root = write_dataset(tmp_path / "d", frames=3, seed=4, profile="demo", val_fraction=0.34,
+                         features="x,y,z", workers=1)
+    assert json.loads((root / MARKER).read_text()) == {
+        "complete": True, "features": ["x", "y", "z"], "frames": 3, "profile": "demo", "seed": 4,
+        "val_fraction": 0.34}
+    assert sorted(p.name for p in root.iterdir()) == sorted(["points", "labels", "ImageSets", MARKER])
+
+
+@pytest.mark.parametrize("frames, val_fraction", [(7, 0.3), (5, 0.2), (2, 0.1), (3, 0.0)])
+def test_imagesets_split_is_disjoint_and_complete(tmp_path, frames, val_fraction):
+    root = write_dataset(tmp_path / "d", frames=frames, seed=0, val_fraction=val_fraction, workers=1)
+    train = (root / "ImageSets" / "train.txt").read_text().split()
+    val = (root / "ImageSets" / "val.txt").read_text().split()
+    expected_val = max(round(frames * val_fraction), 1) if val_fraction > 0 else 0
+    assert len(val) == expected_val and not set(train) & set(val)
+    assert sorted(train + val) == sorted(p.stem for p in (root / "points").glob("*.npy"))
+    assert sorted(train + val) == [f"{i:06d}" for i in range(frames)]
+
+
+def test_every_frame_has_a_label(tmp_path):
+    root = write_dataset(tmp_path / "d", frames=6, seed=2, workers=1)
+    labels = _label_lines(root)
+    assert sorted(labels) == [f"{i:06d}" for i in range(6)]
+    assert all(len(lines) >= 1 for lines in labels.values())
+
+
+def test_scene_without_labelled_object_is_drawn_again(monkeypatch):
+    real_scene = synthetic._scene
+    calls = []
+
+    def first_scene_unlabelled(rng, prof, ground):
+        shapes, names = real_scene(rng, prof, ground)
+        calls.append(len(names))
+        return (shapes[len(names):], []) if len(calls) == 1 else (shapes, names)
+
+    monkeypatch.setattr(synthetic, "_scene", first_scene_unlabelled)
+    points, boxes, names = generate_frame(_rng(0), "demo")
+    assert len(calls) == 2 and len(names) == len(boxes) == calls[1] >= 1
+
+
+def _user_dataset(root: Path) -> dict:
+    """A user's own CustomDataset folder (3-column clouds, labels, splits, info file)."""
+    for sub in ("points", "labels", "ImageSets"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        np.save(root / "points" / f"{i:06d}.npy", rng.normal(size=(100, 3)).astype(np.float32))
+        (root / "labels" / f"{i:06d}.txt").write_text(f"{i}.0 1.0 -1.0 9.0 3.5 4.0 0.1 dumptruck\n")
+    (root / "ImageSets" / "train.txt").write_text("000000\n000001\n")
+    (root / "ImageSets" / "val.txt").write_text("000002\n")
+    (root / "custom_infos_train.pkl").write_bytes(b"user info")
+    return _files(root)
+
+
+def test_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    user = tmp_path / "own_dataset"
+    before = _user_dataset(user)
+    with pytest.raises(ForeignFolderError, match="own_dataset") as error:
+        write_dataset(user, frames=2, workers=1)
+    assert "DATA_CONFIG.SYNTHETIC" in str(error.value) and "empty or new folder" in str(error.value)
+    with pytest.raises(ForeignFolderError):
+        ensure_dataset(user, frames=2, features="x,y,z")
+    with pytest.raises(SystemExit):
+        main(["--out", str(user), "--frames", "2", "--workers", "1"])
+    assert "refusing to write" in capsys.readouterr().err
+    lone = tmp_path / "one_file"
+    lone.mkdir()
+    (lone / "notes.txt").write_text("mine")
+    with pytest.raises(ForeignFolderError):
+        write_dataset(lone, frames=1, workers=1)
+    assert _files(user) == before and _files(lone) == {"notes.txt": b"mine"}
+
+
+def test_demo_config_synthetic_key_never_overwrites_user_data(tmp_path):
+    """The reported case: a demo config with ``--set DATA_CONFIG.DATA_PATH /path/to/own_dataset``."""
+    from pcdet_rmae_ts.engine.pretrain import prepare_data_path
+
+    user = tmp_path / "own_dataset"
+    before = _user_dataset(user)
+    cfg = cfg_from_list(["DATA_CONFIG.DATA_PATH", str(user)], cfg_from_yaml_file(DEMO_CFG))
+    with pytest.raises(ForeignFolderError, match="own_dataset"):
+        prepare_data_path(cfg, logging.getLogger("test"))
+    assert _files(user) == before
+    cfg = cfg_from_list(["DATA_CONFIG.DATA_PATH", str(tmp_path / "fresh"), "DATA_CONFIG.SYNTHETIC.FRAMES", "2"], cfg)
+    prepare_data_path(cfg, logging.getLogger("test"))
+    meta = json.loads((tmp_path / "fresh" / MARKER).read_text())
+    assert meta["features"] == ["x", "y", "z", "intensity"] and meta["frames"] == 2
+    # the config's columns decide the files: a 3-column config rewrites our own folder with 3 columns
+    cfg = cfg_from_list(["DATA_CONFIG.POINT_FEATURE_ENCODING.src_feature_list", "['x', 'y', 'z']"], cfg)
+    prepare_data_path(cfg, logging.getLogger("test"))
+    assert np.load(tmp_path / "fresh" / "points" / "000001.npy").shape[1] == 3
+
+
+def test_writes_into_empty_folder_and_rewrites_its_own(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ensure_dataset(empty, frames=3, seed=1, features="x,y,z,intensity", workers=1)
+    assert np.load(empty / "points" / "000002.npy").shape[1] == 4
+    # other features and fewer frames: ours, so rewritten; frames past the new count go
+    ensure_dataset(empty, frames=2, seed=1, features="x,y,z", workers=1)
+    assert sorted(p.name for p in (empty / "points").iterdir()) == ["000000.npy", "000001.npy"]
+    assert sorted(p.name for p in (empty / "labels").iterdir()) == ["000000.txt", "000001.txt"]
+    assert np.load(empty / "points" / "000001.npy").shape[1] == 3
+    assert json.loads((empty / MARKER).read_text())["features"] == ["x", "y", "z"]
+
+
+def test_interrupted_write_is_ours_and_not_complete(tmp_path, monkeypatch):
+    def crash(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_write_frame", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path / "d", frames=2, workers=1)
+    assert json.loads((tmp_path / "d" / MARKER).read_text())["complete"] is False
+    monkeypatch.undo()
+    ensure_dataset(tmp_path / "d", frames=2)  # allowed: the marker says the folder is ours
+    assert json.loads((tmp_path / "d" / MARKER).read_text())["complete"] is True
+
+
+def test_workers_give_byte_identical_files(tmp_path):
+    one = write_dataset(tmp_path / "one", frames=5, seed=3, profile="demo", workers=1)
+    three = write_dataset(tmp_path / "three", frames=5, seed=3, profile="demo", workers=3)
+    files = _files(one)
+    assert len(files) == 5 + 5 + 2 + 1 and files == _files(three)
+
+
+def test_machine_like_distractors_fall_outside_every_class_range():
+    rng = _rng(0)
+    for _ in range(300):
+        dims = synthetic._machine_like_dims(rng, jitter=0.1)
+        for name in CLASS_NAMES:
+            ranges = CLASS_SIZES[name]
+            assert any(not (lo * 0.9 - 0.25 <= v <= hi * 1.1 + 0.25) for v, (lo, hi) in zip(dims, ranges))
+
+
+def test_hard_profile_frame():
+    prof = synthetic.get_profile("hard")
+    points, boxes, names = generate_frame(synthetic._frame_rng(0, 0), "hard")
+    assert len(names) == len(boxes) >= 1 and np.isfinite(points).all()
+    xyz = points[:, :3].astype(np.float64)
+    ranges = np.hypot(boxes[:, 0], boxes[:, 1])
+    assert ranges.max() > 45.0  # far, sparse objects exist
+    for box, name in zip(boxes.astype(np.float64), names):
+        lo = np.array([r[0] for r in CLASS_SIZES[name]]) * (1 - prof.size_jitter)
+        hi = np.array([r[1] for r in CLASS_SIZES[name]]) * (1 + prof.size_jitter)
+        assert (lo - 1e-3 <= box[3:6]).all() and (box[3:6] <= hi + 1e-3).all()
+        c, s = np.cos(-box[6]), np.sin(-box[6])
+        rel = xyz - box[:3]
+        local = np.stack([rel[:, 0] * c - rel[:, 1] * s, rel[:, 0] * s + rel[:, 1] * c, rel[:, 2]], axis=1)
+        inside = (np.abs(local) <= box[3:6] / 2 + 0.15).all(axis=1)
+        assert inside.sum() >= prof.min_label_points  # every labelled object was seen
