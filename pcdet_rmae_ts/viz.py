@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch, Wedge
 
-from .masking import voxel_centres_xy
-from .occupancy import masked_sector_cells
+from .masking import sector_index, voxel_centres_xy
+from .occupancy import masked_sector_cells, occupancy_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,17 @@ def voxel_ranges(coords_zyx: np.ndarray, voxel_size: Sequence[float],
     """(N,) horizontal range in metres of voxel centres (masking's own geometry)."""
     coords = torch.from_numpy(np.pad(np.asarray(coords_zyx, dtype=np.int64), ((0, 0), (1, 0))))
     return torch.linalg.norm(voxel_centres_xy(coords, voxel_size, point_cloud_range), dim=1).numpy()
+
+
+def occupied_sectors(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> np.ndarray:
+    """(G,) bool: the sample's non-empty sectors (masking's own sector geometry)."""
+    coords = torch.from_numpy(np.pad(np.asarray(sm.coords, dtype=np.int64), ((0, 0), (1, 0))))
+    xy = voxel_centres_xy(coords, voxel_size, point_cloud_range)
+    count = int(sm.sector_selected.shape[0])
+    sector = sector_index(xy, torch.full((xy.shape[0],), sm.sector_offset), sm.sector_width, count)
+    out = np.zeros(count, dtype=bool)
+    out[sector.numpy()] = True
+    return out
 
 
 def achieved_ratios(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
@@ -165,8 +176,9 @@ def masking_bev_figure(sm: SampleMask, voxel_size: Sequence[float], point_cloud_
                Line2D([], [], color="k", ls="--", label="range bands")]
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
     head = f"{title} · " if title else ""
+    occupied = occupied_sectors(sm, voxel_size, pcr)
     ax.set_title(f"{head}masked {ratios['all']:.1%} of {total} voxels · "
-                 f"{int(sm.sector_selected.sum())}/{sm.sector_selected.size} sectors\n"
+                 f"{int((sm.sector_selected & occupied).sum())}/{int(occupied.sum())} non-empty sectors selected\n"
                  f"near {ratios['near']:.1%} · mid {ratios['mid']:.1%} · far {ratios['far']:.1%}", fontsize=10)
     fig.tight_layout()
     return fig
@@ -193,57 +205,84 @@ def masked_cells(mask, sample: int, shape_yx: Tuple[int, int], stride: int, voxe
     return _numpy(masked_sector_cells(mask, batch_size, shape_yx, stride, voxel_size, point_cloud_range)[sample])
 
 
-def confusion_bev(logits, target) -> Dict[str, np.ndarray]:
-    """BEV (max over z) of (Z', Y', X') logits vs {0, 1} target: tp / fp / fn (Y', X') bool and prob."""
+def confusion_columns(logits, target, valid=None) -> Dict[str, np.ndarray]:
+    """Per-voxel confusion of (Z', Y', X') logits vs {0, 1} target, counted per BEV column.
+
+    valid: (Z', Y', X') or (Y', X') bool cells that count (default: all). Returns (Y', X') int64
+    counts of true-positive, false-positive and false-negative voxels ``tp`` / ``fp`` / ``fn`` over z,
+    ``prob`` (Y', X') the highest predicted probability over z and ``truth`` (Y', X') any target voxel.
+    """
     logits, target = _numpy(logits), _numpy(target)
-    pred = (logits > 0).any(0)
-    truth = (target > 0.5).any(0)
-    prob = 1.0 / (1.0 + np.exp(-logits.max(0)))
-    return {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth, "prob": prob, "truth": truth}
+    pred, truth = logits > 0, target > 0.5
+    region = np.ones_like(pred) if valid is None else np.broadcast_to(np.asarray(valid, dtype=bool), pred.shape)
+    return {"tp": (pred & truth & region).sum(0), "fp": (pred & ~truth & region).sum(0),
+            "fn": (~pred & truth & region).sum(0), "prob": 1.0 / (1.0 + np.exp(-logits.max(0))),
+            "truth": truth.any(0)}
 
 
-def _precision_recall(conf: Dict[str, np.ndarray], region: np.ndarray) -> Tuple[float, float]:
-    tp, fp, fn = (int((conf[k] & region).sum()) for k in ("tp", "fp", "fn"))
-    return tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+def voxel_precision_recall(logits, target, region) -> Tuple[float, float]:
+    """Precision and recall over the (Z', Y', X') cells of ``region`` ((Z', Y', X') or (Y', X') bool):
+    ``occupancy.occupancy_metrics``, the numbers training logs as ``occ_*`` / ``occ_masked_*``."""
+    logits = torch.as_tensor(_numpy(logits), dtype=torch.float32)
+    region = torch.as_tensor(np.broadcast_to(np.asarray(region, dtype=bool), logits.shape).copy())
+    metrics = occupancy_metrics(logits, torch.as_tensor(_numpy(target), dtype=torch.float32), region)
+    return float(metrics["occ_precision"]), float(metrics["occ_recall"])
+
+
+def column_confusion_image(conf: Dict[str, np.ndarray], num_z: int, min_shade: float = 0.2) -> np.ndarray:
+    """(Y', X', 3) uint8: each column's colour is the mix of TP / FP / FN colours weighted by its voxel
+    counts, and its shade (from white) the share of its ``num_z`` levels involved, at least ``min_shade``.
+    A column with one false z-level is a faint pink, not red; white where a column has no such voxel."""
+    counts = np.stack([conf["tp"], conf["fp"], conf["fn"]], -1).astype(np.float64)
+    total = counts.sum(-1, keepdims=True)
+    colours = np.stack([_rgb(TP_COLOR), _rgb(FP_COLOR), _rgb(FN_COLOR)]).astype(np.float64)
+    mix = counts @ colours / np.maximum(total, 1.0)
+    shade = np.where(total > 0, min_shade + (1.0 - min_shade) * np.minimum(total / max(num_z, 1), 1.0), 0.0)
+    return np.round(255.0 + shade * (mix - 255.0)).astype(np.uint8)
 
 
 def occupancy_figure(logits, target, masked: np.ndarray, extent: Sequence[float],
                      valid: Optional[np.ndarray] = None, title: str = "") -> Figure:
     """Occupancy prediction vs target of one sample at the decoder stride.
 
-    logits, target: (Z', Y', X'); masked: (Y', X') bool cells in masked sectors (shaded grey);
-    valid: (Y', X') bool cells inside the point-cloud range; extent: (x0, x1, y0, y1) metres.
-    Left: TP / FP / FN of the BEV (max over z); right: predicted probability (max over z).
+    logits, target: (Z', Y', X'); masked: (Y', X') bool cells in masked sectors (outlined);
+    valid: (Z', Y', X') or (Y', X') bool cells that count (inside the point-cloud range; training's
+    region when ``RESTRICT_TO_RANGE``), default all; extent: (x0, x1, y0, y1) metres.
+    Left: per-voxel TP / FP / FN counted per column (colour: their mix, shade: how many levels),
+    with training's per-voxel precision and recall; right: predicted probability (max over z).
     """
-    conf = confusion_bev(logits, target)
-    valid = np.ones_like(masked, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    image = np.full(masked.shape + (3,), 255, dtype=np.uint8)
-    image[masked] = _rgb(MASKED_REGION_COLOR)
-    image[~valid] = _rgb(OUT_OF_RANGE_COLOR)
-    for key, color in (("tp", TP_COLOR), ("fp", FP_COLOR), ("fn", FN_COLOR)):
-        image[conf[key] & valid] = _rgb(color)
+    num_z = int(_numpy(logits).shape[0])
+    valid3 = np.ones(_numpy(logits).shape, dtype=bool) if valid is None else \
+        np.broadcast_to(np.asarray(valid, dtype=bool), _numpy(logits).shape)
+    conf = confusion_columns(logits, target, valid3)
+    image = column_confusion_image(conf, num_z)
+    untouched = (conf["tp"] + conf["fp"] + conf["fn"]) == 0
+    image[untouched & masked] = _rgb(MASKED_REGION_COLOR)
+    image[~valid3.any(0)] = _rgb(OUT_OF_RANGE_COLOR)
     fig = new_figure(14, 7.4)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     left.imshow(image, origin="lower", extent=tuple(extent), interpolation="nearest")
-    counts = {k: int((conf[k] & valid).sum()) for k in ("tp", "fp", "fn")}
-    left.legend(handles=[Patch(color=TP_COLOR, label=f"true positive ({counts['tp']})"),
-                         Patch(color=FP_COLOR, label=f"false positive ({counts['fp']})"),
-                         Patch(color=FN_COLOR, label=f"false negative ({counts['fn']})"),
+    counts = {k: int(conf[k].sum()) for k in ("tp", "fp", "fn")}
+    left.legend(handles=[Patch(color=TP_COLOR, label=f"true positive voxels ({counts['tp']})"),
+                         Patch(color=FP_COLOR, label=f"false positive voxels ({counts['fp']})"),
+                         Patch(color=FN_COLOR, label=f"false negative voxels ({counts['fn']})"),
                          Patch(facecolor=MASKED_REGION_COLOR, edgecolor="k", label="masked sectors")],
                 loc="upper right", fontsize=8, framealpha=0.9)
-    for ax in (left, right):  # masked sectors outlined on top (the grey shading hides under FP cells)
+    for ax in (left, right):  # masked sectors outlined on top
         if masked.any() and not masked.all():
             ax.contour(masked.astype(float), levels=[0.5], colors="k", linewidths=0.9, extent=tuple(extent),
                        origin="lower")
-    p_all, r_all = _precision_recall(conf, valid)
-    p_m, r_m = _precision_recall(conf, valid & masked)
-    left.set_title(f"prediction vs target (BEV, max over z)\nall: P {p_all:.2f} R {r_all:.2f} · "
-                   f"masked sectors: P {p_m:.2f} R {r_m:.2f}", fontsize=10)
+    p_all, r_all = voxel_precision_recall(logits, target, valid3)
+    p_m, r_m = voxel_precision_recall(logits, target, valid3 & masked[None])
+    left.set_title(f"per-voxel prediction vs target (as training's occ_*): all P {p_all:.2f} R {r_all:.2f} · "
+                   f"masked sectors P {p_m:.2f} R {r_m:.2f}\ncolumn colour: mix of its TP / FP / FN voxels; "
+                   f"shade: how many of its {num_z} levels", fontsize=10)
     shown = right.imshow(conf["prob"], origin="lower", extent=tuple(extent), interpolation="nearest",
                          cmap="viridis", vmin=0.0, vmax=1.0)
     right.contour(conf["truth"].astype(float), levels=[0.5], colors="w", linewidths=0.5,
                   extent=tuple(extent), origin="lower")
-    right.set_title("predicted occupancy probability (white: target, black: masked sectors)", fontsize=10)
+    right.set_title("predicted occupancy probability, max over z (white: target, black: masked sectors)",
+                    fontsize=10)
     fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
     for ax in (left, right):
         ax.set_xlabel("x [m]")
@@ -358,20 +397,30 @@ def smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
 
 
 LOSS_TAG = re.compile(r"^train/loss($|_)")
-MASK_TAG = re.compile(r"^train/mask_ratio($|_)")
-OCC_TAG = re.compile(r"^train/occ(_masked)?_(precision|recall)$")
 LR_PREFIX = "meta_data/learning_rate/"
 SIMILARITY_TAG = "train/ts_cosine_similarity"
+# After the loss and learning-rate panels, one panel per group, so that no line hides another
+# (the batch ratio and the per-sample mean nearly coincide; occ_masked_* is drawn over by occ_*).
+METRIC_PANELS = (
+    ("masked voxel ratio (batch)", re.compile(r"^train/mask_ratio$")),
+    ("masked voxel ratio per sample (mean, min)", re.compile(r"^train/mask_ratio_sample_(mean|min)$")),
+    ("masked voxel ratio per range band", re.compile(r"^train/mask_ratio_(near|mid|far)$")),
+    ("selected sectors / non-empty sectors", re.compile(r"^train/mask_sector_fraction(_min)?$")),
+    ("occupancy precision / recall, all cells", re.compile(r"^train/occ_(precision|recall)$")),
+    ("occupancy precision / recall, masked sectors", re.compile(r"^train/occ_masked_(precision|recall)$")),
+)
 
 
 def curve_panels(scalars: Dict[str, Series]) -> List[Tuple[str, List[str]]]:
     """(panel title, tags) in display order: one panel per loss term, then learning rate per
-    group (the single base LR if no groups), masked ratios and occupancy precision/recall."""
+    group (the single base LR if no groups), then the groups of ``METRIC_PANELS`` that were logged."""
     tags = sorted(scalars)
     panels = [(tag[len("train/"):], [tag]) for tag in tags if LOSS_TAG.match(tag)]
     lr = [t for t in tags if t.startswith(LR_PREFIX)] or [t for t in tags if t == "meta_data/learning_rate"]
-    for title, group in (("learning rate", lr), ("masked ratio", [t for t in tags if MASK_TAG.match(t)]),
-                         ("occupancy precision / recall", [t for t in tags if OCC_TAG.match(t)])):
+    if lr:
+        panels.append(("learning rate", lr))
+    for title, pattern in METRIC_PANELS:
+        group = [t for t in tags if pattern.match(t)]
         if group:
             panels.append((title, group))
     return panels
@@ -433,7 +482,8 @@ def similarity_figure(scalars: Dict[str, Series], title: str = "") -> Optional[F
     return fig
 
 
-__all__ = ["SampleMask", "Series", "sample_mask", "achieved_ratios", "bev_labels", "masking_bev_figure",
-           "backbone_mask_figure", "masked_cells", "confusion_bev", "occupancy_figure", "read_scalars",
+__all__ = ["SampleMask", "Series", "sample_mask", "occupied_sectors", "achieved_ratios", "bev_labels",
+           "masking_bev_figure", "backbone_mask_figure", "masked_cells", "confusion_columns",
+           "voxel_precision_recall", "column_confusion_image", "occupancy_figure", "read_scalars",
            "iter_tfrecords", "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
-           "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR"]
+           "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR", "METRIC_PANELS"]

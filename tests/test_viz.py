@@ -16,6 +16,7 @@ from matplotlib.image import imread
 from pcdet_rmae_ts import viz
 from pcdet_rmae_ts.engine.trainer import LoopConfig, Trainer, TrainState
 from pcdet_rmae_ts.masking import MaskingConfig, RadialMasker
+from pcdet_rmae_ts.occupancy import occupancy_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CFG = REPO / "cfgs" / "demo" / "rmae_cmae_demo_pretraining.yaml"
@@ -79,16 +80,39 @@ def test_tool_untrained_model_by_index(short_run, tmp_path):
                           *data_set(tmp)])
 
 
+def test_tool_voxelises_on_the_device_like_training(short_run, tmp_path):
+    """VOXELIZE_ON_DEVICE configs (the shipped ISARC pretraining ones) carry points only; the tool
+    voxelises them with the engine's BatchVoxelizer and gets the loader's voxels."""
+    tmp, _ = short_run
+    tool = load_tool()
+    on_device = [*data_set(tmp), "DATA_CONFIG.VOXELIZE_ON_DEVICE", "True"]
+    written = tool.main(["--cfg_file", str(DEMO_CFG), "--frame", "1", "--out", str(tmp_path), *on_device])
+    assert sorted(p.name for p in written) == ["masking_bev_000001.png", "occupancy_000001.png"]
+    voxels = {}
+    for flag in ("False", "True"):
+        args = tool.build_arg_parser().parse_args(["--cfg_file", str(DEMO_CFG), "--out", str(tmp_path),
+                                                   *data_set(tmp), "DATA_CONFIG.VOXELIZE_ON_DEVICE", flag])
+        dataset, batch, _ = tool.load_frame(tool.load_config(args), "1")
+        assert dataset.voxelize_on_device == (flag == "True") and ("voxel_coords" in batch) == (flag == "False")
+        inputs = tool.model_inputs(batch, dataset, torch.device("cpu"))
+        order = np.lexsort(inputs["voxel_coords"].numpy().T[::-1])
+        voxels[flag] = (inputs["voxel_coords"].numpy()[order], inputs["voxel_num_points"].numpy()[order])
+    np.testing.assert_array_equal(voxels["True"][0], voxels["False"][0])
+    np.testing.assert_array_equal(voxels["True"][1], voxels["False"][1])
+
+
 def test_curves_from_real_run(short_run):
     _, run = short_run
     scalars = viz.read_scalars(run / "tensorboard")
-    for tag in ("train/loss", "train/loss_rmae", "train/mask_ratio", "train/ts_cosine_similarity"):
+    for tag in ("train/loss", "train/loss_rmae", "train/mask_ratio", "train/mask_sector_fraction",
+                "train/ts_cosine_similarity"):
         assert tag in scalars, sorted(scalars)
     assert any(t.startswith(viz.LR_PREFIX) for t in scalars)
     loss = scalars["train/loss"]
     assert loss.steps.tolist() == list(range(1, 9)) and np.isfinite(loss.values).all()
     titles = [title for title, _ in viz.curve_panels(scalars)]
-    assert {"loss", "loss_rmae", "learning rate", "masked ratio"} <= set(titles)
+    assert {"loss", "loss_rmae", "learning rate", "masked voxel ratio (batch)",
+            "selected sectors / non-empty sectors", "occupancy precision / recall, masked sectors"} <= set(titles)
     image = viz.figure_to_array(viz.training_curves_figure(scalars))
     assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 5
     assert viz.similarity_figure(scalars) is not None
@@ -129,16 +153,59 @@ def test_bev_labels_match_loop_reference(seed):
         np.testing.assert_array_equal(labels, ref)
 
 
-def test_confusion_bev_counts():
-    target = torch.zeros(2, 3, 4)
-    logits = torch.full((2, 3, 4), -5.0)
-    target[1, 0, 0] = 1.0
-    logits[0, 0, 0] = 5.0          # TP at (0, 0) (max over z)
-    logits[1, 2, 3] = 5.0          # FP at (2, 3)
-    target[0, 1, 1] = 1.0          # FN at (1, 1)
-    conf = viz.confusion_bev(logits, target)
-    assert [int(conf[k].sum()) for k in ("tp", "fp", "fn")] == [1, 1, 1]
-    assert conf["tp"][0, 0] and conf["fp"][2, 3] and conf["fn"][1, 1]
+def test_confusion_columns_count_voxels_and_precision_is_trainings():
+    """One column of 4 true voxels and one column with a single false z-level: per voxel (as training's
+    occ_precision) precision is 4/5, where a max-over-z BEV would say 1/2; the false column is faint."""
+    target = torch.zeros(4, 3, 5)
+    logits = torch.full((4, 3, 5), -5.0)
+    target[:, 0, 0] = 1.0
+    logits[:, 0, 0] = 5.0           # 4 TP voxels in column (0, 0)
+    logits[2, 2, 3] = 5.0           # 1 FP voxel in column (2, 3)
+    target[1, 1, 1] = target[3, 1, 1] = 1.0  # 2 FN voxels in column (1, 1)
+    conf = viz.confusion_columns(logits, target)
+    assert (int(conf["tp"][0, 0]), int(conf["fp"][2, 3]), int(conf["fn"][1, 1])) == (4, 1, 2)
+    assert [int(conf[k].sum()) for k in ("tp", "fp", "fn")] == [4, 1, 2]
+    precision, recall = viz.voxel_precision_recall(logits, target, np.ones((3, 5), dtype=bool))
+    assert (precision, recall) == pytest.approx((4 / 5, 4 / 6))
+    image = viz.column_confusion_image(conf, num_z=4)
+    np.testing.assert_array_equal(image[0, 0], viz._rgb(viz.TP_COLOR))
+    np.testing.assert_array_equal(image[0, 1], [255, 255, 255])
+    fp_shade = (255 - image[2, 3].astype(float)) / (255 - viz._rgb(viz.FP_COLOR).astype(float) + 1e-9)
+    assert np.all(fp_shade[viz._rgb(viz.FP_COLOR) < 255] < 0.5), image[2, 3]  # faint, not red
+    outside = np.ones((4, 3, 5), dtype=bool)
+    outside[:, 2, 3] = False        # the FP column outside the valid region: precision 1
+    assert viz.voxel_precision_recall(logits, target, outside)[0] == pytest.approx(1.0)
+    assert int(viz.confusion_columns(logits, target, outside)["fp"].sum()) == 0
+
+
+def test_occupancy_figure_reports_trainings_per_voxel_metric():
+    gen = torch.Generator().manual_seed(3)
+    target = (torch.rand(5, 20, 30, generator=gen) < 0.2).float()
+    logits = torch.randn(5, 20, 30, generator=gen) + 2.0 * target
+    masked = np.zeros((20, 30), dtype=bool)
+    masked[:, :12] = True
+    metrics = occupancy_metrics(logits, target, torch.ones(5, 20, 30, dtype=torch.bool))
+    fig = viz.occupancy_figure(logits, target, masked, (0, 30, 0, 20), None, "t")
+    title = fig.axes[0].get_title()
+    assert f"all P {float(metrics['occ_precision']):.2f} R {float(metrics['occ_recall']):.2f}" in title
+
+
+def test_curve_panels_keep_every_metric_group_apart():
+    steps = np.arange(5)
+    tags = ["train/loss", "train/mask_ratio", "train/mask_ratio_sample_mean", "train/mask_ratio_sample_min",
+            "train/mask_ratio_near", "train/mask_ratio_mid", "train/mask_ratio_far", "train/mask_sector_fraction",
+            "train/mask_sector_fraction_min", "train/occ_precision", "train/occ_recall",
+            "train/occ_masked_precision", "train/occ_masked_recall", "meta_data/learning_rate"]
+    scalars = {t: viz.Series(steps, np.full(5, 0.5)) for t in tags}
+    panels = dict(viz.curve_panels(scalars))
+    assert panels["masked voxel ratio (batch)"] == ["train/mask_ratio"]
+    assert panels["occupancy precision / recall, masked sectors"] == ["train/occ_masked_precision",
+                                                                      "train/occ_masked_recall"]
+    assert panels["occupancy precision / recall, all cells"] == ["train/occ_precision", "train/occ_recall"]
+    assert panels["selected sectors / non-empty sectors"] == ["train/mask_sector_fraction",
+                                                              "train/mask_sector_fraction_min"]
+    shown = [t for group in panels.values() for t in group]
+    assert sorted(shown) == sorted(tags) and len(shown) == len(set(shown))
 
 
 def random_mask(seed: int = 0):
@@ -156,7 +223,10 @@ def test_masking_figure_reports_the_achieved_ratio():
     ratios = viz.achieved_ratios(sm, VOXEL, PCR, 10.0, 30.0)
     assert ratios["all"] == pytest.approx(float((~mask.keep).float().mean()))
     fig = viz.masking_bev_figure(sm, VOXEL, PCR, 10.0, 30.0, "t")
+    occupied = viz.occupied_sectors(sm, VOXEL, PCR)
+    assert occupied.sum() == 36 and not sm.sector_selected[~occupied].any()
     assert f"masked {ratios['all']:.1%}" in fig.axes[0].get_title()
+    assert f"{int(sm.sector_selected.sum())}/36 non-empty sectors selected" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="no voxels"):
         viz.sample_mask(coords, mask, 1)
 

@@ -87,19 +87,34 @@ def build_model(cfg, dataset, ckpt: Optional[str], trust: bool, device: torch.de
     return model.to(device)
 
 
-@torch.no_grad()
-def run_model(model, batch: dict, device: torch.device, seed: int):
-    """Training-mode forward (so the student sees the masked voxels) with BatchNorm in eval mode
-    (a checkpoint's running statistics); returns the backbone with its ``forward_ret_dict``."""
+def model_inputs(batch: dict, dataset, device: torch.device) -> dict:
+    """The collated batch on ``device`` as the trainer gives it to the model: with
+    ``DATA_CONFIG.VOXELIZE_ON_DEVICE`` the samples carry points only and the engine's
+    ``BatchVoxelizer`` voxelises them on the device (as ``Trainer.train_step`` does)."""
     from pcdet_rmae_ts.engine.batch import batch_to_device
 
+    if not dataset.voxelize_on_device:
+        return batch_to_device(batch, device)
+    from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer
+
+    logger.info("Voxelising the frame on %s (DATA_CONFIG.VOXELIZE_ON_DEVICE)", device)
+    inputs = batch_to_device(batch, device, keep_on_host=())
+    inputs.update(BatchVoxelizer.from_dataset(dataset)(inputs["points"], inputs["batch_size"]))
+    return inputs
+
+
+@torch.no_grad()
+def run_model(model, inputs: dict, device: torch.device, seed: int):
+    """Training-mode forward (so the student sees the masked voxels) with BatchNorm in eval mode
+    (a checkpoint's running statistics) on ``model_inputs``; returns the backbone with its
+    ``forward_ret_dict``."""
     model.train()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
     backbone = model.backbone_3d
     backbone.masker.generator(device).manual_seed(seed)
-    model(batch_to_device(batch, device))
+    model(inputs)
     return backbone
 
 
@@ -113,7 +128,8 @@ def model_pictures(backbone, frame_id: str, out: Path, label: str) -> List[Path]
     _, ny, nx = backbone.occupancy_shape
     target = occupancy_targets(ret["coords"], 1, backbone.sparse_shape, stride)[0]
     masked = viz.masked_cells(ret["mask"], 0, (ny, nx), stride, backbone.voxel_size, backbone.point_cloud_range)
-    valid = backbone.occupancy_valid.any(0).cpu().numpy()
+    # the cells training's occ_* metrics count: inside the range when RESTRICT_TO_RANGE, else all
+    valid = backbone.occupancy_valid.cpu().numpy() if backbone.occupancy_cfg.restrict_to_range else None
     vx, vy = backbone.voxel_size[:2]
     x0, y0 = backbone.point_cloud_range[:2]
     extent = (x0, x0 + nx * stride * vx, y0, y0 + ny * stride * vy)
@@ -152,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         device = torch.device(args.device)
         dataset, batch, frame_id = load_frame(cfg, args.frame)
         model = build_model(cfg, dataset, args.ckpt, args.trust_checkpoint, device)
-        backbone = run_model(model, batch, device, args.seed)
+        backbone = run_model(model, model_inputs(batch, dataset, device), device, args.seed)
         label = Path(args.ckpt).name if args.ckpt else "untrained model"
         written += model_pictures(backbone, frame_id, out, label)
     logdir = Path(args.logdir) if args.logdir else default_logdir(args.ckpt)
