@@ -140,7 +140,7 @@ ENGINE_CASES = {
     "augmentor_typo": (_typo_augmentor, "DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST[1]",
                        "did you mean 'random_world_scaling'?"),
     "inverted_range": (lambda cfg: cfg["DATA_CONFIG"].update(POINT_CLOUD_RANGE=[70.4, 70.4, 10, -70.4, -70.4, -6]),
-                       "MODEL.BACKBONE_3D", "crashes on this config"),
+                       "DATA_CONFIG.POINT_CLOUD_RANGE", "min must be below max on each axis, but not on x, y, z"),
 }
 
 
@@ -152,8 +152,21 @@ def test_pretraining_config_rejected_by_the_engine_is_an_error(tmp_path, case):
     assert len(engine) == 1, format_findings(case, findings)
     assert engine[0].severity == "error" and engine[0].key == key and text in engine[0].message
     assert failed(findings)
-    if case == "inverted_range":  # the engine has no rule for it, so the fix shows what it computed
-        assert "grid_size [-1408, -1408, -80]" in engine[0].fix
+    assert "(file:" not in engine[0].message  # the finding names the file itself
+
+
+def test_engine_crash_is_an_error_with_what_the_data_pipeline_computed(tmp_path, monkeypatch):
+    """A constructor that crashes instead of validating still stops the check, with the grid it was given."""
+    from pcdet_rmae_ts.models import pretrain_model
+
+    def crash(cfg, dataset):
+        raise RuntimeError("Trying to create tensor with negative dimension -9")
+    monkeypatch.setattr(pretrain_model.PretrainModel, "from_config", staticmethod(crash))
+    findings = check_config(_pretraining_variant(tmp_path, lambda cfg: None))
+    engine = [f for f in findings if "pretraining engine" in f.message]
+    assert len(engine) == 1 and engine[0].severity == "error" and engine[0].key == "MODEL.BACKBONE_3D"
+    assert "crashes on this config (RuntimeError)" in engine[0].message
+    assert "grid_size [1408, 1408, 80]" in engine[0].fix and "[-70.4, -70.4, -6, 70.4, 70.4, 10]" in engine[0].fix
 
 
 def test_engine_rejection_found_by_the_cli(tmp_path):

@@ -239,15 +239,19 @@ class _Checker:
         except _EngineRejected as rejected:
             err = rejected.error
             if isinstance(err, ConfigError):
-                self.add("error", err.file or self.cfg_file, err.key or rejected.section, str(err),
-                         err.fix or "correct the key named in the message")
+                self.add("error", err.file or self.cfg_file, err.key or rejected.section,
+                         f"the pretraining engine (tools/train_rmae_cmae_phase1.py) rejects this config at "
+                         f"startup: {_config_error_text(err)}", err.fix or "correct the key named in the message")
                 return
             validated = isinstance(err, (ValueError, KeyError))
+            key, text = _key_of(str(err), rejected.section, cfg), str(err)
+            if text.startswith(key + ": "):  # the finding shows the key already
+                text = text[len(key) + 2:]
             what = "rejects this config" if validated else f"crashes on this config ({type(err).__name__})"
-            fix = "correct the key named in the message" if validated else "; ".join(
+            fix = f"change {key} as the message says" if validated else "; ".join(
                 ["correct the config"] + ([rejected.detail] if rejected.detail else []))
-            self.add("error", self.cfg_file, _key_of(str(err), rejected.section, cfg),
-                     f"the pretraining engine (tools/train_rmae_cmae_phase1.py) {what} at startup: {err}", fix)
+            self.add("error", self.cfg_file, key,
+                     f"the pretraining engine (tools/train_rmae_cmae_phase1.py) {what} at startup: {text}", fix)
 
     def _check_optimization(self, optim: Mapping) -> None:
         used = [k for k in PLUGIN_OPTIM_KEYS if k in optim]
@@ -282,6 +286,15 @@ def _key_of(message: str, section: str, cfg: Mapping) -> str:
         node = node.get(part) if isinstance(node, Mapping) else None
     first = message.split(" ", 1)[0].rstrip(":")
     return f"{section}.{first}" if isinstance(node, Mapping) and first in node else section
+
+
+def _config_error_text(err: ConfigError) -> str:
+    """A ConfigError's own message, without the key and file it adds (the finding shows those)."""
+    text = str(err)
+    prefix = f"config key '{err.key}': " if err.key else ""
+    if prefix and text.startswith(prefix):
+        text = text[len(prefix):]
+    return text.split(" (file: ", 1)[0]
 
 
 def _is_box(value: Any) -> bool:
