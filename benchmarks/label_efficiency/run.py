@@ -87,6 +87,20 @@ def link_pool(folder: Path, pool: Path) -> None:
             target.symlink_to(pool / sub, target_is_directory=True)
 
 
+def split_ids(ids: List[str], pretrain_frames: int, labelled_frames: int, val_frames: int,
+              fractions: List[float]) -> Dict[str, List[str]]:
+    """Disjoint pools in a fixed order: the first frames are unlabelled, then the labelled pool, the last
+    ``val_frames`` are held out. Each fraction takes the first ``round(f x labelled)`` labelled frames, so a
+    smaller fraction is a subset of a larger one. Pretraining sees the unlabelled and labelled pools."""
+    if len(ids) != pretrain_frames + labelled_frames + val_frames:
+        raise ValueError(f"{len(ids)} frames, the plan needs {pretrain_frames + labelled_frames + val_frames}")
+    labelled = ids[pretrain_frames:pretrain_frames + labelled_frames]
+    splits = {"pretrain": ids[:pretrain_frames] + labelled, "val": ids[len(ids) - val_frames:]}
+    for fraction in fractions:
+        splits[f"train_{fraction:g}"] = labelled[:max(1, round(fraction * len(labelled)))]
+    return splits
+
+
 def prepare_data(args, work: Path) -> Dict[float, Path]:
     """Generate the pool once, split it (nested fractions: a fixed shuffle, the first k frames), and
     write infos per fraction. Returns fraction -> DATA_PATH."""
@@ -98,9 +112,8 @@ def prepare_data(args, work: Path) -> Dict[float, Path]:
     ids = sorted(p.stem for p in (pool / "points").glob("*.npy"))
     if len(ids) != total:
         raise RuntimeError(f"{pool} holds {len(ids)} frames, the plan needs {total}: use a new --work folder")
-    val = ids[-args.val_frames:]
-    labelled = ids[args.pretrain_frames:args.pretrain_frames + args.labelled_frames]
-    write_ids(work / "pretrain", "train", ids[:args.pretrain_frames] + labelled)  # no labels read
+    splits = split_ids(ids, args.pretrain_frames, args.labelled_frames, args.val_frames, args.fractions)
+    write_ids(work / "pretrain", "train", splits["pretrain"])  # no labels read
     link_pool(work / "pretrain", pool)
     folders = {}
     for fraction in args.fractions:
@@ -109,8 +122,8 @@ def prepare_data(args, work: Path) -> Dict[float, Path]:
         if (folder / "custom_infos_val.pkl").exists():
             continue
         link_pool(folder, pool)
-        write_ids(folder, "train", labelled[:max(1, round(fraction * len(labelled)))])
-        write_ids(folder, "val", val)
+        write_ids(folder, "train", splits[f"train_{fraction:g}"])
+        write_ids(folder, "val", splits["val"])
         sh([sys.executable, "tools/create_infos.py", "--cfg_file", FT_CFG, "--set", "DATA_CONFIG.DATA_PATH",
             str(folder)], work / "data.log")
     return folders

@@ -1,0 +1,109 @@
+"""Table and plot of the label-efficiency results (``benchmarks/results/label_efficiency.json``).
+
+Per cell (arm, LR rule, label fraction): mean ± sample std of mAP 3-D / BEV over seeds and per-class AP;
+per pretrained cell its difference to scratch at the same fraction, which counts only when it is larger
+than twice the pooled std of the two cells.
+
+    python benchmarks/label_efficiency/report.py --results benchmarks/results/label_efficiency.json \\
+        --plot benchmarks/results/label_efficiency.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+Cell = Tuple[str, str, float]  # arm, lr, label fraction
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (NaN for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return mean, std
+
+
+def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pooled sample std of two groups (NaN when neither has two values)."""
+    dof = len(a) + len(b) - 2
+    if dof <= 0:
+        return float("nan")
+    sq = sum((v - mean_std(g)[0]) ** 2 for g in (a, b) for v in g)
+    return math.sqrt(sq / dof)
+
+
+def group(records: Sequence[dict], key: str = "mAP_3D") -> Dict[Cell, List[float]]:
+    cells: Dict[Cell, List[float]] = defaultdict(list)
+    for r in records:
+        cells[(r["arm"], r["lr"], float(r["label_fraction"]))].append(float(r[key]))
+    return dict(cells)
+
+
+def compare_to_scratch(cells: Dict[Cell, List[float]]) -> Dict[Cell, Tuple[float, float, bool]]:
+    """(difference of means, pooled std, counts = |difference| > 2 pooled std) against scratch."""
+    out = {}
+    for (arm, lr, fraction), values in cells.items():
+        base = cells.get(("scratch", "uniform", fraction))
+        if arm == "scratch" or not base:
+            continue
+        diff = mean_std(values)[0] - mean_std(base)[0]
+        spread = pooled_std(values, base)
+        out[(arm, lr, fraction)] = (diff, spread, bool(spread == spread and abs(diff) > 2 * spread))
+    return out
+
+
+def markdown(records: Sequence[dict]) -> str:
+    by3d, bybev = group(records, "mAP_3D"), group(records, "mAP_BEV")
+    vs = compare_to_scratch(by3d)
+    lines = ["| arm | LR | labels | seeds | mAP 3-D | mAP BEV | Δ 3-D vs scratch (2σ?) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for cell in sorted(by3d, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1])):
+        m3, s3 = mean_std(by3d[cell])
+        mb, sb = mean_std(bybev[cell])
+        diff = vs.get(cell)
+        note = f"{diff[0]:+.2f} ± {diff[1]:.2f} ({'yes' if diff[2] else 'no'})" if diff else "—"
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {len(by3d[cell])} | {m3:.2f} ± {s3:.2f} | "
+                     f"{mb:.2f} ± {sb:.2f} | {note} |")
+    return "\n".join(lines)
+
+
+def plot(records: Sequence[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("mAP_3D", "mAP_BEV")):
+        cells = group(records, key)
+        for arm, lr in sorted({(c[0], c[1]) for c in cells}):
+            xs = sorted(c[2] for c in cells if c[:2] == (arm, lr))
+            stats = [mean_std(cells[(arm, lr, x)]) for x in xs]
+            ax.errorbar([100 * x for x in xs], [m for m, _ in stats],
+                        yerr=[0 if s != s else s for _, s in stats], marker="o", capsize=3, label=f"{arm} ({lr})")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled frames (%)")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="benchmarks/results/label_efficiency.json")
+    parser.add_argument("--plot", default=None, help="PNG file for mAP vs label fraction")
+    args = parser.parse_args()
+    records = json.loads(Path(args.results).read_text())
+    print(markdown(records))
+    if args.plot:
+        plot(records, Path(args.plot))
+
+
+if __name__ == "__main__":
+    main()
