@@ -81,6 +81,8 @@ def write_ids(folder: Path, split: str, ids: List[str]) -> None:
 
 
 def link_pool(folder: Path, pool: Path) -> None:
+    """The generated points and labels, shared by every split folder (symbolic links, no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
     for sub in ("points", "labels"):
         target = folder / sub
         if not target.exists():
