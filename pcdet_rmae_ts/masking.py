@@ -11,12 +11,13 @@ vectorised on the input's device; reproducible from a ``torch.Generator``.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
+
+from .scatter import bin_sum, device_constant, rank_within_group
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +137,6 @@ class MaskResult:
         return self.sector_selected[batch_idx, sector]
 
 
-@functools.lru_cache(maxsize=None)
-def device_constant(values: Tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """float32 tensor of ``values`` on ``device``, made once and shared (do not modify it):
-    ``torch.tensor(list)`` onto a GPU is a blocking copy, a host sync on every call."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
-
-
 def voxel_centres_xy(coords: torch.Tensor, voxel_size: Sequence[float],
                      point_cloud_range: Sequence[float]) -> torch.Tensor:
     """(N, 2) metric x, y of voxel centres from (N, 4) [b, z, y, x] coords."""
@@ -157,33 +151,6 @@ def sector_index(xy: torch.Tensor, offset_deg: torch.Tensor, width: float, count
     azimuth = torch.rad2deg(torch.atan2(xy[:, 1], xy[:, 0]))
     rotated = torch.remainder(azimuth - offset_deg, 360.0)
     return torch.clamp((rotated / width).long(), max=count - 1)
-
-
-def bin_sum(index: torch.Tensor, size: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(size,) sum of ``weights`` (float32, (N,); counts when None) per bin of (N,) long ``index``;
-    (size, K) for (N, K) weights.
-
-    A scatter_add of ~1M rows into a few bins (samples, bands) serialises on the atomics of
-    those few addresses (~1 ms each on an H100); spreading each bin over 256 lanes, then
-    summing the lanes, removes the contention without a host sync (torch.bincount syncs)."""
-    lanes = 256
-    values = torch.ones_like(index, dtype=torch.float32) if weights is None else weights.float()
-    lane = torch.arange(index.shape[0], device=index.device) % lanes
-    out = values.new_zeros((size * lanes,) + tuple(values.shape[1:]))
-    out.index_add_(0, index * lanes + lane, values)
-    return out.view((size, lanes) + tuple(values.shape[1:])).sum(1)
-
-
-def rank_within_group(group: torch.Tensor, num_groups: int, generator: torch.Generator) -> torch.Tensor:
-    """(N,) long random rank of each element among the elements of its group (0-based)."""
-    n = group.shape[0]
-    perm = torch.randperm(n, device=group.device, generator=generator)
-    order = perm[torch.argsort(group[perm], stable=True)]
-    counts = bin_sum(group, num_groups).long()
-    starts = torch.cumsum(counts, 0) - counts
-    ranks = torch.empty_like(group)
-    ranks[order] = torch.arange(n, device=group.device) - starts[group[order]]
-    return ranks
 
 
 class RadialMasker:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masking import device_constant
+from .scatter import device_constant
 
 # Stride 8 decodes from the encoder's 2D BEV output (so conv_out/shared_conv, which the
 # detection head uses, are pretrained too); stride 4 from the 3D x_conv3 sites.

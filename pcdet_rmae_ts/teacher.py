@@ -12,11 +12,12 @@ the EMA teacher copies the student's running statistics at each update.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
 from torch import nn
+
+from .schedules import cosine_between
 
 TEACHER_TYPES = ("identical", "ema")
 
@@ -24,7 +25,7 @@ TEACHER_TYPES = ("identical", "ema")
 def cosine_momentum(progress: float, base_momentum: float, final_momentum: float = 1.0) -> float:
     """EMA momentum at training progress in [0, 1]: base at 0, final at 1, cosine in between."""
     progress = min(max(float(progress), 0.0), 1.0)
-    return final_momentum - (final_momentum - base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+    return cosine_between(base_momentum, final_momentum, progress)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, check_known_keys, config_source, nearest_key
+from ..schedules import cosine_between
 
 _LOG = logging.getLogger(__name__)
 
@@ -301,11 +302,6 @@ def create_optimizer_with_differential_lr(model: nn.Module, optim_cfg: Mapping,
 
 
 # ----------------------------------------------------------------------------- schedules
-def cosine_between(start: float, end: float, pct: float) -> float:
-    """Cosine from ``start`` (pct 0) to ``end`` (pct 1)."""
-    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
-
-
 def _required(optim_cfg: Mapping, key: str) -> Any:
     if key not in optim_cfg:
         raise ConfigError("missing", key=f"OPTIMIZATION.{key}", file=config_source(optim_cfg),
@@ -397,8 +393,7 @@ class StepDecaySchedule:
     def lr_at(self, it: int) -> float:
         it = max(int(it), 0)
         if it < self.warmup_iters:
-            return self.warmup_start + (self.lr - self.warmup_start) * (
-                1 - math.cos(math.pi * it / self.warmup_iters)) / 2
+            return cosine_between(self.warmup_start, self.lr, it / self.warmup_iters)
         factor = 1.0
         for decay_it in self.decay_iters:
             if it >= decay_it:
