@@ -195,6 +195,11 @@ def main() -> None:
     parser.add_argument("--budget_s", type=float, default=float("inf"),
                         help="start no new fine-tune after this many seconds (device blocks are short)")
     args = parser.parse_args()
+    smallest = max(1, round(min(args.fractions) * args.labelled_frames))
+    if args.finetune_epochs * -(-smallest // args.batch_size) < 10:
+        # OpenPCDet's adam_onecycle divides by int(PCT_START x total steps): too few steps crash it
+        parser.error(f"the smallest fraction gives {smallest} frames, i.e. fewer than 10 fine-tuning iterations; "
+                     "raise --labelled_frames, --finetune_epochs or the smallest --fractions")
     started = time.time()
     work, results = (REPO / args.work).resolve(), (REPO / args.results).resolve()
     pcdet_root = Path(os.environ["PCDET_TOOLS"]).resolve().parent if os.environ.get("PCDET_TOOLS") else None
