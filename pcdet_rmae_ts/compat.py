@@ -1,7 +1,7 @@
 """The spconv import (with a clear install hint) and the spconv-on-CPU shim, in one place.
 
 spconv 2.x is written for CUDA; four of its CPU paths are broken (found with
-spconv 2.3.8 on a CPU-only torch, see ``shared/reference/README.md``):
+spconv 2.3.8 on a CPU-only torch, see ``tests/data/README.md``):
 
 1. **Backward on a CPU-only torch** calls ``torch.cuda.current_stream()`` and
    raises "Torch not compiled with CUDA enabled". Fix: where CUDA is not

@@ -116,7 +116,7 @@ class _Checker:
                 self.add("note", path, f"{where}.BACKUP_DB_INFO",
                          "only used when the DB_INFO_PATH file is missing, and then it needs a DB_DATA_PATH list in "
                          "the gt_sampling entry itself (absent here), so that fallback would fail",
-                         "create the gt database with create_custom_infos, or add DB_DATA_PATH: [<file>] "
+                         "create the gt database with tools/create_infos.py, or add DB_DATA_PATH: [<file>] "
                          "to the gt_sampling entry")
 
     # ------------------------------------------------------------------ merged config
