@@ -52,6 +52,18 @@ def stand_in(monkeypatch):
     return module, calls
 
 
+@pytest.fixture()
+def pcdet_log():
+    """What OpenPCDet's logger receives during the test, as text."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger(integ.PCDET_LOGGER)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield stream
+    log.removeHandler(handler)
+
+
 def _optim_cfg(differential=True):
     cfg = cfg_from_yaml_file(REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml")
     optim = cfg.OPTIMIZATION
@@ -82,35 +94,27 @@ def test_delegates_to_stock_builders_when_off(stand_in):
     assert model.total_steps == 10  # the EMA schedule length is given to the model either way
 
 
-def test_differential_lr_through_the_hook(stand_in, tmp_path):
+def test_differential_lr_through_the_hook(stand_in, tmp_path, pcdet_log):
     module, calls = stand_in
     integ.install_optimizer_hook(module)
     optim_cfg = _optim_cfg()
     model = TinyDetector()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    log = logging.getLogger(integ.PCDET_LOGGER)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        optimizer = module.build_optimizer(model, optim_cfg)
-        scheduler, warmup = module.build_scheduler(optimizer, total_iters_each_epoch=10, total_epochs=3,
-                                                   last_epoch=-1, optim_cfg=optim_cfg)
-        assert calls == [] and warmup is None
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
-        in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
-        assert sorted(in_optimizer) == sorted(trainable)  # mask_token included, nothing twice
-        for it in range(3):  # official calls step(it, epoch), the fork step(it)
-            scheduler.step(it, 0) if it % 2 else scheduler.step(it)
-        lrs = scheduler.get_group_lrs()
-        assert lrs["dense_head"] == pytest.approx(20 * lrs["backbone"])
-        assert float(optimizer.lr) == pytest.approx(lrs["backbone"] / 0.1)
-        assert integ.HOOK_STATE.group_lrs == lrs
-        text = stream.getvalue()
-        assert "LR per group" in text and "backbone" in text and "dense_head" in text
-        assert "parameter groups" in text  # groups logged once at creation
-    finally:
-        log.removeHandler(handler)
+    optimizer = module.build_optimizer(model, optim_cfg)
+    scheduler, warmup = module.build_scheduler(optimizer, total_iters_each_epoch=10, total_epochs=3,
+                                               last_epoch=-1, optim_cfg=optim_cfg)
+    assert calls == [] and warmup is None
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(in_optimizer) == sorted(trainable)  # mask_token included, nothing twice
+    for it in range(3):  # official calls step(it, epoch), the fork step(it)
+        scheduler.step(it, 0) if it % 2 else scheduler.step(it)
+    lrs = scheduler.get_group_lrs()
+    assert lrs["dense_head"] == pytest.approx(20 * lrs["backbone"])
+    assert float(optimizer.lr) == pytest.approx(lrs["backbone"] / 0.1)
+    assert integ.HOOK_STATE.group_lrs == lrs
+    text = pcdet_log.getvalue()
+    assert "LR per group" in text and "backbone" in text and "dense_head" in text
+    assert "parameter groups" in text  # groups logged once at creation
     # OpenPCDet checkpoint of the optimizer loads with weights_only=True and resumes.
     torch.save({"optimizer_state": optimizer.state_dict()}, tmp_path / "ckpt.pth")
     state = torch.load(tmp_path / "ckpt.pth", weights_only=True)
@@ -142,25 +146,17 @@ def test_config_lookup_resolves_base_from_the_repository(tmp_path, monkeypatch):
     assert base.is_absolute() and base.is_file() and base.name == "custom_dataset_isarc.yaml"
 
 
-def test_group_lrs_logged_at_every_epoch_end(stand_in):
+def test_group_lrs_logged_at_every_epoch_end(stand_in, pcdet_log):
     module, _ = stand_in
     integ.install_optimizer_hook(module)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    log = logging.getLogger(integ.PCDET_LOGGER)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        optim_cfg = _optim_cfg()
-        optim_cfg.GROUP_LR_LOG_INTERVAL = 1000  # only the first iteration and the epoch ends log
-        optimizer = module.build_optimizer(TinyDetector(), optim_cfg)
-        scheduler, _ = module.build_scheduler(optimizer, total_iters_each_epoch=7, total_epochs=3, last_epoch=-1,
-                                              optim_cfg=optim_cfg)
-        for it in range(21):  # OpenPCDet calls step(accumulated_iter, epoch) before each iteration
-            scheduler.step(it, it // 7)
-    finally:
-        log.removeHandler(handler)
-    lines = [line for line in stream.getvalue().splitlines() if "LR per group" in line]
+    optim_cfg = _optim_cfg()
+    optim_cfg.GROUP_LR_LOG_INTERVAL = 1000  # only the first iteration and the epoch ends log
+    optimizer = module.build_optimizer(TinyDetector(), optim_cfg)
+    scheduler, _ = module.build_scheduler(optimizer, total_iters_each_epoch=7, total_epochs=3, last_epoch=-1,
+                                          optim_cfg=optim_cfg)
+    for it in range(21):  # OpenPCDet calls step(accumulated_iter, epoch) before each iteration
+        scheduler.step(it, it // 7)
+    lines = [line for line in pcdet_log.getvalue().splitlines() if "LR per group" in line]
     assert [line.split(":")[0] for line in lines] == [
         "iter 0", "epoch 1 end (iter 6)", "epoch 2 end (iter 13)", "epoch 3 end (iter 20)"]
     assert "backbone" in lines[-1] and "dense_head" in lines[-1]
