@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from easydict import EasyDict
+from torch import nn
 
 from pcdet_rmae_ts.models.backbone import LossWeights, RMAECMAEBackbonePhase1
+from pcdet_rmae_ts.teacher import frozen_bn_buffers
 
 SEEDS = Path(__file__).resolve().parent / "data" / "seed-configs"  # the user's original configs
 PKG_CFGS = Path(__file__).resolve().parents[1] / "pcdet_rmae_ts" / "cfgs" / "custom_models"
@@ -188,12 +191,17 @@ def test_no_placeholder_losses(pretrain_cfg):
         model.get_loss(LossWeights(rmae=0.0, teacher_student=0.0))
 
 
-def test_overfitting_one_scene_reduces_the_occupancy_loss(pretrain_cfg):
+def test_overfitting_one_scene_predicts_the_cells_it_never_sees(pretrain_cfg):
+    """The same mask at every step: cells that only masked voxels occupy are never seen by the student,
+    so only the complete-scene target can teach it that they are occupied."""
     torch.manual_seed(0)
     model = build(small(pretrain_cfg, MASKED_RATIO=0.6, MASKING_SEED=0)).train()
+    model.masker.generator(torch.device("cpu"))
+    mask_state = model.masker.state_dict()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses, masked_recall = [], []
     for step in range(40):
+        model.masker.load_state_dict(mask_state)
         model(batch_dict(seed=0, step=step))
         loss, tb = model.get_loss()
         optimizer.zero_grad()
@@ -203,3 +211,130 @@ def test_overfitting_one_scene_reduces_the_occupancy_loss(pretrain_cfg):
         masked_recall.append(float(tb["occ_masked_recall"]))
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     assert sum(masked_recall[-5:]) / 5 > 0.5, "occupied cells inside masked sectors are predicted"
+    ret = model.forward_ret_dict
+    shape = tuple(model.occupancy_shape)
+    hidden = occupancy_of(ret["coords"], 2, shape, 8) - occupancy_of(ret["coords"][ret["mask"].keep], 2, shape, 8)
+    assert int(hidden.sum()) >= 10, "fixture: cells that only masked voxels occupy"
+    predicted = (ret["occupancy_logits"].detach() > 0).float()
+    assert float((predicted * hidden).sum() / hidden.sum()) > 0.5
+
+
+# ----------------------------------------------------------------------------- the R-MAE objective, by numbers
+def occupancy_of(coords: torch.Tensor, batch: int, shape, stride: int) -> torch.Tensor:
+    """(B, Z', Y', X') {0, 1}: a coarse cell is 1 iff one of the (N, 4) [b, z, y, x] voxels falls in it (loop)."""
+    out = torch.zeros(batch, *shape)
+    for b, z, y, x in coords.tolist():
+        out[b, z // stride, y // stride, x // stride] = 1.0
+    return out
+
+
+def per_scene_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over each scene's cells, then over the batch (every cell of these grids is in range)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1).mean()
+
+
+def small_occ(cfg, stride: int, **overrides):
+    return small(cfg, OCCUPANCY_DECODER={"HIDDEN_CHANNELS": 16, "REDUCED_CHANNELS": 8, "STRIDE": stride}, **overrides)
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_occupancy_loss_targets_the_complete_scene(pretrain_cfg, stride):
+    """R-MAE: the target is the occupancy of every voxel, the masked ones included, not of what the student saw."""
+    torch.manual_seed(0)
+    model = build(small_occ(pretrain_cfg, stride, MASKED_RATIO=0.8, MASKING_SEED=0)).train()
+    batch = batch_dict(seed=2)
+    coords = batch["voxel_coords"].clone()
+    model(batch)
+    _, tb = model.get_loss(LossWeights(rmae=1.0, teacher_student=0.0))
+    logits = model.forward_ret_dict["occupancy_logits"].detach()
+    shape = tuple(-(-n // stride) for n in model.sparse_shape)
+    assert logits.shape == (2, *shape)
+    assert bool(model.occupancy_valid.all()), "fixture: every coarse cell of this grid lies in the range"
+    complete = occupancy_of(coords, 2, shape, stride)
+    visible = occupancy_of(coords[batch["rmae_mask"].keep], 2, shape, stride)
+    assert int((complete - visible).sum()) >= 10, "fixture: cells that only masked voxels occupy"
+    expected = per_scene_bce(logits, complete)
+    assert abs(float(expected) - float(per_scene_bce(logits, visible))) > 1e-3
+    torch.testing.assert_close(tb["loss_rmae"], expected)
+    torch.testing.assert_close(tb["occ_pos_ratio"], complete.mean())
+
+
+def test_stride4_decodes_the_x_conv3_sites(pretrain_cfg):
+    model = build(small_occ(pretrain_cfg, 4)).train()
+    batch = model(batch_dict(seed=1))
+    x_conv3 = batch["multi_scale_3d_features"]["x_conv3"]
+    logits = model.forward_ret_dict["occupancy_logits"]
+    assert logits.shape == (2, *x_conv3.spatial_shape)  # one logit per x_conv3 cell, z included
+    source = model._occupancy_source_tensor(batch)
+    assert source is x_conv3
+
+
+class KnownLoss(nn.Module):
+    """A teacher-student loss whose value is known: ``value`` (plus 0 x a student feature, for a graph)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+        self.calls = 0
+
+    def forward(self, student, teacher, **context):
+        self.calls += 1
+        assert teacher["encoded_spconv_tensor"] is not student["encoded_spconv_tensor"]
+        return student["encoded_spconv_tensor"].features.sum() * 0.0 + self.value, {}
+
+
+@pytest.mark.parametrize("rmae, ts", [(0.3, 2.0), (0.0, 1.0)])
+def test_total_loss_applies_every_weight(pretrain_cfg, rmae, ts):
+    """loss = RMAE_WEIGHT x occupancy + TEACHER_STUDENT_WEIGHT x sum(per-loss weight x loss)."""
+    torch.manual_seed(0)
+    model = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE="identical")).train()
+    first, second = KnownLoss(0.7), KnownLoss(1.9)
+    model.add_teacher_student_loss("first", first, weight=1.0)
+    model.add_teacher_student_loss("second", second, weight=0.25)
+    model.loss_weights = weights = LossWeights(rmae=rmae, teacher_student=ts)
+    model(batch_dict(step=1))  # not a log step: the teacher runs because its loss is weighted
+    loss, tb = model.get_loss(weights)
+    assert first.calls == 1 and second.calls == 1
+    ts_total = 1.0 * 0.7 + 0.25 * 1.9
+    torch.testing.assert_close(tb["loss_teacher_student"], torch.tensor(ts_total))
+    assert float(tb["loss_rmae"]) > 0.1
+    torch.testing.assert_close(loss.detach(), rmae * tb["loss_rmae"] + ts * ts_total)
+    torch.testing.assert_close(tb["loss"], loss.detach())
+
+
+def test_phase1_total_loss_is_the_weighted_occupancy_loss(pretrain_cfg):
+    model = build(small(pretrain_cfg)).train()
+    model(batch_dict())
+    loss, tb = model.get_loss(LossWeights(rmae=0.25, teacher_student=0.0))
+    assert "loss_teacher_student" not in tb
+    torch.testing.assert_close(loss.detach(), 0.25 * tb["loss_rmae"])
+
+
+def _by_site(tensor) -> torch.Tensor:
+    """Features of a sparse tensor in a canonical order (sorted by their indices)."""
+    idx = tensor.indices.long()
+    key = torch.zeros_like(idx[:, 0])
+    for col in range(idx.shape[1]):
+        key = key * 4096 + idx[:, col]
+    return tensor.features[torch.argsort(key)]
+
+
+@pytest.mark.parametrize("kind", ["identical", "ema"])
+def test_teacher_encodes_the_complete_voxels(pretrain_cfg, kind):
+    """The teacher's features are those of the complete (unmasked) voxels, through the teacher's weights."""
+    torch.manual_seed(0)
+    model = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE=kind, MASKED_RATIO=0.8, MASKING_SEED=0)).train()
+    batch = batch_dict(seed=3)
+    features, coords = batch["voxel_features"].clone(), batch["voxel_coords"].clone()
+    out = model(batch)
+    assert not bool(out["rmae_mask"].keep.all())
+    teacher = out["teacher_outputs"]
+    conv1 = teacher["multi_scale_3d_features"]["x_conv1"]
+    assert {tuple(r) for r in conv1.indices.tolist()} == {tuple(r) for r in coords.tolist()}
+    encoder = model if kind == "identical" else model.teacher
+    with torch.no_grad(), frozen_bn_buffers(encoder):
+        reference = encoder.encode(features, coords, 2)
+    for name in ("x_conv1", "x_conv4"):
+        torch.testing.assert_close(_by_site(teacher["multi_scale_3d_features"][name]),
+                                   _by_site(reference["multi_scale_3d_features"][name]))
+    torch.testing.assert_close(_by_site(teacher["encoded_spconv_tensor"]), _by_site(reference["encoded_spconv_tensor"]))

@@ -353,3 +353,25 @@ def test_shipped_finetune_config_builds():
     assert {g["name"]: g["lr_scale"] for g in optimizer.param_groups} == EXPECTED_RATIOS
     scheduler.step(int(ITERS * EPOCHS * 0.4))
     assert scheduler.get_group_lrs() == pytest.approx({"backbone": 0.0003, "dense_head": 0.006, "default": 0.003})
+
+
+class ToyTwoStageDetector(ToyDetector):
+    """A two-stage detector: point and RoI heads beside the dense head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.point_head = nn.Linear(4, 2)
+        self.roi_head = nn.Linear(4, 2)
+
+
+def test_point_and_roi_heads_default_to_the_dense_head_ratio():
+    torch.manual_seed(0)
+    model = ToyTwoStageDetector()
+    _, optimizer, _ = _build(_optim_cfg(DENSE_HEAD_LR_RATIO=3.0), model)
+    ratios = {g["name"]: g["lr_scale"] for g in optimizer.param_groups}
+    assert _group_of(optimizer, model.point_head.weight) == "point_head"
+    assert _group_of(optimizer, model.roi_head.bias) == "roi_head"
+    assert ratios["point_head"] == 3.0 and ratios["roi_head"] == 3.0 and ratios["dense_head"] == 3.0
+    _, optimizer, _ = _build(_optim_cfg(POINT_HEAD_LR_RATIO=0.5, ROI_HEAD_LR_RATIO=0.25), ToyTwoStageDetector())
+    ratios = {g["name"]: g["lr_scale"] for g in optimizer.param_groups}
+    assert ratios["point_head"] == 0.5 and ratios["roi_head"] == 0.25 and ratios["dense_head"] == 2.0
