@@ -54,8 +54,7 @@ def step(model, optimizer, batch, device) -> tuple:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    model.update_global_step()
-    model.backbone_3d.update_teacher(progress=0.5)
+    model.after_optimizer_step(progress=0.5)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu

@@ -110,13 +110,6 @@ def stage_batches(cfg, batch_size: int, device: torch.device, workers: int, max_
 
 
 # ----------------------------------------------------------------------------- models
-class _BaselineEncoder(VoxelNeXtEncoder):
-    """The plain encoder, with the no-op teacher hook the engine calls after each step."""
-
-    def update_teacher(self, progress: float) -> None:
-        return None
-
-
 class BaselineModel(nn.Module):
     """MeanVFE + VoxelNeXt encoder on the complete voxels; loss = mean square of the BEV features
     (what a supervised VoxelNeXt pays for its backbone, without the head)."""
@@ -125,13 +118,20 @@ class BaselineModel(nn.Module):
         super().__init__()
         bb = model_cfg.BACKBONE_3D
         self.vfe = MeanVFE(model_cfg.get("VFE"), num_point_features)
-        self.backbone_3d = _BaselineEncoder(num_point_features, grid_size,
+        self.backbone_3d = VoxelNeXtEncoder(num_point_features, grid_size,
                                             channels=bb.get("CHANNELS", [16, 32, 64, 128, 128]),
                                             out_channel=bb.get("OUT_CHANNEL", 128),
                                             kernel_sizes=bb.get("SPCONV_KERNEL_SIZES", [3, 3, 3, 3]))
 
     def update_global_step(self) -> None:
         return None
+
+    def after_optimizer_step(self, progress: float) -> dict:
+        """The engine's post-step hook (PretrainModel's contract): nothing to update, nothing to log."""
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
 
     def forward(self, batch_dict: dict):
         out = self.backbone_3d(self.vfe(batch_dict))

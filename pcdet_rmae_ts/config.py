@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 from easydict import EasyDict
 
+from .backbone_keys import VALID_KEYS
+
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -311,8 +313,6 @@ SETTABLE_OPTIONAL_KEYS = {
 
 def settable_optional_keys() -> dict:
     """:data:`SETTABLE_OPTIONAL_KEYS` plus every key of the plugin backbone (``MODEL.BACKBONE_3D.*``)."""
-    from .models.backbone import VALID_KEYS  # lazy: the models import this module
-
     keys = {f"MODEL.BACKBONE_3D.{key}": None for key in VALID_KEYS}
     keys.update(SETTABLE_OPTIONAL_KEYS)
     return keys

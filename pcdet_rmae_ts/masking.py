@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from .backbone_keys import MASKING_KEYS
 from .scatter import bin_sum, device_constant, rank_within_group
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,6 @@ class MaskingConfig:
             raise ValueError(f"MIN_KEPT_VOXELS must be >= 0, got {self.min_kept_voxels}")
 
 
-MASKING_KEYS = ("MASKED_RATIO", "MASKING_TARGET", "NUM_ANGULAR_GROUPS", "ANGULAR_GROUP_SIZE", "ANGULAR_RANGE",
-                "DISTANCE_THRESHOLDS", "RANGE_MASK_PROBS", "USE_BERNOULLI_MASKING",
-                "ENABLE_2STAGE_MASKING", "MIN_KEPT_VOXELS", "MASKING_SEED")
 
 
 def masking_config_from_cfg(model_cfg) -> MaskingConfig:

@@ -184,17 +184,26 @@ def masking_bev_figure(sm: SampleMask, voxel_size: Sequence[float], point_cloud_
     return fig
 
 
+def snapshot_mask_figure(snapshot: Optional[dict], sample: int = 0, title: str = "") -> Optional[Figure]:
+    """The BEV masking figure of a masking snapshot (``PretrainModel.masking_snapshot()``: coords,
+    mask, voxel_size, point_cloud_range, near, far); None without one or when ``sample`` had no voxels."""
+    if not snapshot or not bool((snapshot["coords"][:, 0] == sample).any()):
+        return None
+    sm = sample_mask(snapshot["coords"], snapshot["mask"], sample)
+    return masking_bev_figure(sm, snapshot["voxel_size"], snapshot["point_cloud_range"], snapshot["near"],
+                              snapshot["far"], title)
+
+
 def backbone_mask_figure(backbone, sample: int = 0, title: str = "") -> Optional[Figure]:
     """The BEV masking figure of the backbone's last training forward (None before the first one,
     or when ``sample`` had no voxels)."""
     ret = getattr(backbone, "forward_ret_dict", {}) or {}
     if "mask" not in ret or "coords" not in ret:
         return None
-    if not bool((ret["coords"][:, 0] == sample).any()):
-        return None
     cfg = backbone.masker.config
-    sm = sample_mask(ret["coords"], ret["mask"], sample)
-    return masking_bev_figure(sm, backbone.voxel_size, backbone.point_cloud_range, cfg.near, cfg.far, title)
+    return snapshot_mask_figure({"coords": ret["coords"], "mask": ret["mask"], "voxel_size": backbone.voxel_size,
+                                 "point_cloud_range": backbone.point_cloud_range, "near": cfg.near,
+                                 "far": cfg.far}, sample, title)
 
 
 # ---------------------------------------------------------------------- occupancy
@@ -483,7 +492,7 @@ def similarity_figure(scalars: Dict[str, Series], title: str = "") -> Optional[F
 
 
 __all__ = ["SampleMask", "Series", "sample_mask", "occupied_sectors", "achieved_ratios", "bev_labels",
-           "masking_bev_figure", "backbone_mask_figure", "masked_cells", "confusion_columns",
+           "masking_bev_figure", "backbone_mask_figure", "snapshot_mask_figure", "masked_cells", "confusion_columns",
            "voxel_precision_recall", "column_confusion_image", "occupancy_figure", "read_scalars",
            "iter_tfrecords", "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
            "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR", "METRIC_PANELS"]

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,13 +20,13 @@ from pcdet_rmae_ts.losses import (
     FrameContrastLoss,
     MLFRLoss,
     VoxelContrastLoss,
-    attach_teacher_student_losses,
+    build_teacher_student_losses,
     phase2_configs,
 )
 from pcdet_rmae_ts.losses.common import gather_rows_across_ranks
 from pcdet_rmae_ts.losses.voxel_contrast import sample_per_scene
 from pcdet_rmae_ts.models.backbone import LossWeights, RMAECMAEBackbonePhase1
-from pcdet_rmae_ts.models.pretrain_model import PretrainModel
+from pcdet_rmae_ts.models.pretrain_model import PretrainModel, configure_pretraining_losses
 
 spconv = import_spconv()
 
@@ -139,7 +138,7 @@ def test_mlfr_matches_loop_reference(target_norm, loss_type, kernel, seed):
                     masked_site_weight=3.0, decoder_kernel=kernel)
     student = outputs({"x_conv4": sparse(s3, fs3, shape3)}, sparse(s2, fs2, shape2))
     teacher = outputs({"x_conv4": sparse(t3, ft3, shape3)}, sparse(t2, ft2, shape2))
-    value, parts = loss(student=student, teacher=teacher, mask=None, batch_size=2, backbone=None)
+    value, parts = loss(student=student, teacher=teacher, mask=None, batch_size=2)
     ref3 = ref_mlfr_scale(loss, "x_conv4", s3, fs3, t3, ft3, shape3, 2)
     ref2 = ref_mlfr_scale(loss, "bev", s2, fs2, t2, ft2, shape2, 2)
     assert float(parts["x_conv4"]) == pytest.approx(ref3, rel=1e-5, abs=1e-6)
@@ -179,6 +178,11 @@ def test_mlfr_rejects_bad_hyper_parameters(kwargs, match):
 
 
 # ----------------------------------------------------------------------------- voxel contrast
+def with_projection(student: dict, projector) -> dict:
+    """The student outputs with the projected BEV rows the backbone adds (``projected_bev``)."""
+    return dict(student, projected_bev=projector(student["encoded_spconv_tensor"].features))
+
+
 def bev_views(seed, n=12, c=6, d=5):
     s_idx, s_feat, t_idx, t_feat = views(seed, [4, 4], c, n_teacher=n, duplicates=False)
     projected = torch.randn(len(t_idx), d, generator=torch.Generator().manual_seed(seed + 1)).requires_grad_(True)
@@ -191,12 +195,12 @@ def bev_views(seed, n=12, c=6, d=5):
 def test_voxel_contrast_matches_loop_reference(radius, seed):
     torch.manual_seed(seed)
     student, teacher, (s_idx, s_feat, t_idx, projected) = bev_views(seed)
-    backbone = SimpleNamespace(student_projector=torch.nn.Linear(6, 5))
+    projector = torch.nn.Linear(6, 5)
     loss = VoxelContrastLoss(5, num_samples=1000, tau=0.3, neg_radius=radius)
-    value, parts = loss(student=student, teacher=teacher, mask=None, batch_size=2, backbone=backbone)
+    value, parts = loss(student=with_projection(student, projector), teacher=teacher, mask=None, batch_size=2)
     pairs = [(i, t_idx.index(s)) for i, s in enumerate(s_idx) if s in t_idx]
     with torch.no_grad():
-        queries = [loss.predictor(backbone.student_projector(s_feat[i])) for i, _ in pairs]
+        queries = [loss.predictor(projector(s_feat[i])) for i, _ in pairs]
     keys = [projected[j].detach() for _, j in pairs]
     sites = [t_idx[j] for _, j in pairs]
 
@@ -211,7 +215,7 @@ def test_voxel_contrast_matches_loop_reference(radius, seed):
     value.backward()
     assert s_feat.grad is not None and s_feat.grad.abs().sum() > 0
     assert projected.grad is None and teacher["encoded_spconv_tensor"].features.grad is None
-    assert backbone.student_projector.weight.grad is not None
+    assert projector.weight.grad is not None
 
 
 def test_voxel_contrast_perfectly_aligned_embeddings_have_the_analytic_value():
@@ -223,8 +227,7 @@ def test_voxel_contrast_perfectly_aligned_embeddings_have_the_analytic_value():
     teacher = outputs({}, sparse(idx, eye.clone(), [4, 4]), eye.clone())
     loss = VoxelContrastLoss(m, num_samples=100, tau=tau)
     loss.predictor = torch.nn.Identity()
-    value, parts = loss(student=student, teacher=teacher, batch_size=2,
-                        backbone=SimpleNamespace(student_projector=torch.nn.Identity()))
+    value, parts = loss(student=with_projection(student, torch.nn.Identity()), teacher=teacher, batch_size=2)
     assert float(value) == pytest.approx(math.log(1 + (m - 1) * math.exp(-1 / tau)), rel=1e-6)
     assert float(parts["acc"]) == 1.0
 
@@ -243,8 +246,7 @@ def test_voxel_contrast_without_shared_sites_fails_clearly():
     teacher = outputs({}, sparse([[0, 2, 2], [0, 3, 3]], torch.randn(2, 6), [4, 4], 1), torch.randn(2, 5))
     loss = VoxelContrastLoss(5)
     with pytest.raises(RuntimeError, match="0 BEV site.*shared"):
-        loss(student=student, teacher=teacher, batch_size=1,
-             backbone=SimpleNamespace(student_projector=torch.nn.Linear(6, 5)))
+        loss(student=with_projection(student, torch.nn.Linear(6, 5)), teacher=teacher, batch_size=1)
 
 
 @pytest.mark.parametrize("kwargs,match", [({"num_samples": 0}, "NUM_SAMPLES.*0"), ({"tau": 0.0}, "TAU.*0"),
@@ -281,27 +283,27 @@ def ref_frame_embeddings(loss, projector, s_idx, s_feat, t_idx, projected, batch
 @pytest.mark.parametrize("seed", [0, 1])
 def test_frame_contrast_matches_loop_reference(seed):
     torch.manual_seed(seed)
-    student, teacher, (s_idx, s_feat, t_idx, projected) = frame_views(seed)
-    backbone = SimpleNamespace(student_projector=torch.nn.Linear(6, 5))
+    student, teacher, (s_idx, s_feat, t_idx, t_projected) = frame_views(seed)
+    projector = torch.nn.Linear(6, 5)
     loss = FrameContrastLoss(5, tau=0.25)
-    value, parts = loss(student=student, teacher=teacher, mask=None, batch_size=3, backbone=backbone)
-    queries, keys = ref_frame_embeddings(loss, backbone.student_projector, s_idx, s_feat, t_idx, projected, 3)
+    value, parts = loss(student=with_projection(student, projector), teacher=teacher, mask=None, batch_size=3)
+    queries, keys = ref_frame_embeddings(loss, projector, s_idx, s_feat, t_idx, t_projected, 3)
     rows = ref_info_nce(queries, keys, [0, 1, 2], 0.25)
     assert float(value.detach()) == pytest.approx(sum(rows) / 3, rel=1e-5)
     assert float(parts["num_frames"]) == 3
     value.backward()
     assert s_feat.grad is not None and s_feat.grad.abs().sum() > 0
-    assert projected.grad is None and teacher["encoded_spconv_tensor"].features.grad is None
+    assert t_projected.grad is None and teacher["encoded_spconv_tensor"].features.grad is None
 
 
 def test_frame_contrast_single_frame_errors_or_skips_with_a_log_line(caplog):
     student, teacher, _ = frame_views(0, batch_size=1)
-    backbone = SimpleNamespace(student_projector=torch.nn.Linear(6, 5))
+    student = with_projection(student, torch.nn.Linear(6, 5))
     with pytest.raises(RuntimeError, match="1 frame.*ALLOW_SINGLE"):
-        FrameContrastLoss(5)(student=student, teacher=teacher, batch_size=1, backbone=backbone)
+        FrameContrastLoss(5)(student=student, teacher=teacher, batch_size=1)
     loss = FrameContrastLoss(5, allow_single=True)
     with caplog.at_level(logging.WARNING, logger="pcdet_rmae_ts.losses.frame_contrast"):
-        value, parts = loss(student=student, teacher=teacher, batch_size=1, backbone=backbone)
+        value, parts = loss(student=student, teacher=teacher, batch_size=1)
     assert float(value) == 0.0 and value.requires_grad and float(parts["skipped"]) == 1.0
     assert any("skipping" in r.getMessage() for r in caplog.records)
 
@@ -317,10 +319,10 @@ def _frame_worker(rank, world, port, results):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        backbone = SimpleNamespace(student_projector=torch.nn.Linear(6, 5))
+        projector = torch.nn.Linear(6, 5)
         loss = FrameContrastLoss(5, tau=0.25)
         student, teacher, _ = frame_views(10 + rank, batch_size=2 + rank)
-        value, parts = loss(student=student, teacher=teacher, batch_size=2 + rank, backbone=backbone)
+        value, parts = loss(student=with_projection(student, projector), teacher=teacher, batch_size=2 + rank)
         results[rank] = (float(value), float(parts["num_frames"]))
         keys, offset = gather_rows_across_ranks(torch.full((1 + rank, 2), float(rank)))
         results[f"gather{rank}"] = (keys.tolist(), offset)
@@ -332,10 +334,10 @@ def test_frame_contrast_gathers_teacher_embeddings_across_ranks():
     results = mp.Manager().dict()
     mp.spawn(_frame_worker, args=(2, _free_port(), results), nprocs=2, join=True)
     torch.manual_seed(0)
-    backbone = SimpleNamespace(student_projector=torch.nn.Linear(6, 5))
+    projector = torch.nn.Linear(6, 5)
     loss = FrameContrastLoss(5, tau=0.25)
     per_rank = [frame_views(10 + r, batch_size=2 + r) for r in range(2)]
-    embeddings = [ref_frame_embeddings(loss, backbone.student_projector, *v[2], 2 + r) for r, v in enumerate(per_rank)]
+    embeddings = [ref_frame_embeddings(loss, projector, *v[2], 2 + r) for r, v in enumerate(per_rank)]
     all_keys = embeddings[0][1] + embeddings[1][1]
     for rank, offset in ((0, 0), (1, 2)):
         queries = embeddings[rank][0]
@@ -379,18 +381,29 @@ def test_phase2_weight_precedence_and_misconfigurations(caplog):
         phase2_configs({"FRAME_CONTRAST": {"ENABLED": True, "WEIGHT": 0}}, {})
 
 
-def test_builder_attaches_only_with_a_teacher_student_weight():
+def test_builder_builds_only_with_a_teacher_student_weight():
+    channels = {"x_conv1": 8, "x_conv2": 8, "x_conv3": 16, "x_conv4": 16, "bev": 16}
+    assert build_teacher_student_losses(backbone_cfg(**PHASE2), {"TEACHER_STUDENT_WEIGHT": 0.0}, channels, 16) == []
+    built = build_teacher_student_losses(backbone_cfg(**PHASE2),
+                                         {"TEACHER_STUDENT_WEIGHT": 0.6, "VOXEL_CONTRAST_WEIGHT": 0.5}, channels, 16)
+    assert [b.name for b in built] == ["mlfr", "voxel_contrast", "frame_contrast"]
+    assert [b.weight for b in built] == [1.0, 0.5, 1.0]
+    assert isinstance(built[0].module, MLFRLoss) and isinstance(built[2].module, FrameContrastLoss)
+
+
+def test_model_attaches_built_losses_under_their_state_dict_keys():
     backbone = RMAECMAEBackbonePhase1(backbone_cfg(**PHASE2), 4, GRID, VOXEL, RANGE)
-    assert attach_teacher_student_losses(backbone, backbone_cfg(**PHASE2), {"TEACHER_STUDENT_WEIGHT": 0.0}) == []
-    names = attach_teacher_student_losses(backbone, backbone_cfg(**PHASE2),
-                                          {"TEACHER_STUDENT_WEIGHT": 0.6, "VOXEL_CONTRAST_WEIGHT": 0.5})
-    assert names == ["mlfr", "voxel_contrast", "frame_contrast"]
+    configure_pretraining_losses(backbone, backbone_cfg(**PHASE2),
+                                 {"TEACHER_STUDENT_WEIGHT": 0.6, "VOXEL_CONTRAST_WEIGHT": 0.5, "RMAE_WEIGHT": 1.0})
     assert backbone.ts_loss_weights == {"mlfr": 1.0, "voxel_contrast": 0.5, "frame_contrast": 1.0}
-    assert any(k.startswith("ts_losses.mlfr.decoders.x_conv3") for k in backbone.state_dict())
+    keys = backbone.state_dict()
+    assert any(k.startswith("ts_losses.mlfr.decoders.x_conv3") for k in keys)
+    assert any(k.startswith("ts_losses.voxel_contrast.predictor.0.") for k in keys)
+    assert any(k.startswith("student_projector.0.") for k in keys)
     no_teacher = backbone_cfg(ENABLE_TEACHER_STUDENT=False, **PHASE2)
     with pytest.raises(ValueError, match="needs PRETRAINING and ENABLE_TEACHER_STUDENT"):
-        attach_teacher_student_losses(RMAECMAEBackbonePhase1(no_teacher, 4, GRID, VOXEL, RANGE), no_teacher,
-                                      {"TEACHER_STUDENT_WEIGHT": 0.6})
+        configure_pretraining_losses(RMAECMAEBackbonePhase1(no_teacher, 4, GRID, VOXEL, RANGE), no_teacher,
+                                     {"TEACHER_STUDENT_WEIGHT": 0.6, "RMAE_WEIGHT": 1.0})
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -424,8 +437,7 @@ def train(model, steps, lr=3e-3):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.update_global_step()
-        model.backbone_3d.update_teacher(progress=0.0)
+        model.after_optimizer_step(progress=0.0)
         history.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in tb.items()})
     return history
 

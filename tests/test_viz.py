@@ -248,10 +248,18 @@ class FakeBackbone:
         self.forward_ret_dict = {"coords": coords, "mask": mask}
 
 
+class FakeModel(torch.nn.Module):
+    """The engine contract's masking_snapshot() (PretrainModel's) over a fake backbone."""
+
+    def masking_snapshot(self):
+        backbone = FakeBackbone()
+        cfg = backbone.masker.config
+        return dict(backbone.forward_ret_dict, voxel_size=VOXEL, point_cloud_range=PCR, near=cfg.near, far=cfg.far)
+
+
 def test_trainer_hook_logs_mask_image_every_vis_interval():
     trainer = Trainer.__new__(Trainer)
-    trainer.tb, trainer.model = FakeWriter(), torch.nn.Module()
-    trainer.model.backbone_3d = FakeBackbone()
+    trainer.tb, trainer.model = FakeWriter(), FakeModel()
     trainer.loop = LoopConfig(total_epochs=4, grad_norm_clip=10.0, ckpt_dir=Path("."), vis_interval=2)
     for epoch in (1, 2, 3, 4):
         trainer._log_mask_image(TrainState(epoch=epoch, it=epoch * 10))

@@ -2,7 +2,8 @@
 
 A checkpoint holds ``model_state``, ``optimizer_state``, ``epoch``, ``it`` and
 ``version`` (OpenPCDet's five keys) plus what an exact resume needs: scheduler,
-AMP scaler, masking generator and RNG states, all as tensors or plain Python.
+AMP scaler, RNG states and the model's ``extra_state()`` (the masking generator), all as
+tensors or plain Python.
 """
 from __future__ import annotations
 
@@ -78,9 +79,8 @@ def checkpoint_state(model: nn.Module, optimizer=None, scheduler=None, scaler=No
         "scaler_state": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng_state": rng_state(),
     }
-    masker = getattr(getattr(inner, "backbone_3d", None), "masker", None)
-    if masker is not None:
-        state["masker_state"] = {k: v.cpu() for k, v in masker.state_dict().items()}
+    if hasattr(inner, "extra_state"):  # the model's own resume state (PretrainModel: masker_state)
+        state.update(inner.extra_state())
     if extra:
         state.update(extra)
     return state

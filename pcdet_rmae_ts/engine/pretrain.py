@@ -166,9 +166,7 @@ def _resume(args, model, optimizer, scheduler, scaler, ckpt_dir: Path, logger) -
         scaler.load_state_dict(ckpt["scaler_state"])
     if ckpt.get("rng_state") is not None:
         set_rng_state(ckpt["rng_state"])
-    masker = getattr(unwrap(model).backbone_3d, "masker", None)
-    if masker is not None and ckpt.get("masker_state"):
-        masker.load_state_dict(ckpt["masker_state"])
+    unwrap(model).load_extra_state(ckpt)
     state = TrainState(epoch=int(ckpt["epoch"]), it=int(ckpt["it"]), skip_batches=int(ckpt.get("skip_batches", 0)))
     logger.info("Resumed at epoch %d, iteration %d", state.epoch, state.it)
     return state

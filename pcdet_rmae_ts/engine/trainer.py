@@ -190,7 +190,8 @@ class Trainer:
                              losses[-1], len(losses))
 
     def train_step(self, batch: dict, state: TrainState) -> dict:
-        """scheduler -> forward -> backward -> clip -> optimizer step -> global step -> EMA teacher."""
+        """scheduler -> forward -> backward -> clip -> optimizer step -> model.after_optimizer_step
+        (global step, EMA teacher)."""
         self.scheduler.step(state.it, state.epoch)
         if self.voxelizer is None:
             batch = batch_to_device(batch, self.device)
@@ -211,13 +212,10 @@ class Trainer:
                                      f"{ {k: float(v) for k, v in tb_dict.items()} }")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        inner = unwrap(self.model)
-        inner.update_global_step()
-        momentum = inner.backbone_3d.update_teacher(progress=(state.it + 1) / max(self.total_iters, 1))
+        after = unwrap(self.model).after_optimizer_step(progress=(state.it + 1) / max(self.total_iters, 1))
         tb_dict = dict(tb_dict)
         tb_dict["grad_norm"] = grad_norm
-        if momentum is not None:
-            tb_dict["teacher_momentum"] = momentum
+        tb_dict.update(after)
         return tb_dict
 
     # ------------------------------------------------------------------ helpers
@@ -262,9 +260,9 @@ class Trainer:
         """Every ``vis_interval`` epochs: the BEV masking picture of the epoch's last batch (sample 0)."""
         if self.tb is None or self.loop.vis_interval <= 0 or state.epoch % self.loop.vis_interval != 0:
             return
-        from ..viz import backbone_mask_figure, figure_to_array
+        from ..viz import figure_to_array, snapshot_mask_figure
 
-        fig = backbone_mask_figure(unwrap(self.model).backbone_3d, 0, f"epoch {state.epoch}")
+        fig = snapshot_mask_figure(unwrap(self.model).masking_snapshot(), 0, f"epoch {state.epoch}")
         if fig is not None:
             self.tb.add_image("masking/bev", figure_to_array(fig), state.it, dataformats="HWC")
 

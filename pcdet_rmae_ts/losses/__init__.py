@@ -1,5 +1,8 @@
 """Phase 2 teacher-student losses (CMAE-3D): multi-scale latent feature reconstruction,
-voxel- and frame-level contrastive learning, and the builder that plugs them into the backbone.
+voxel- and frame-level contrastive learning, and the builder that makes them from the config.
+
+Losses take tensors (encoder output dicts) and own their heads; they never see the backbone.
+The builder returns modules and weights; the model attaches them (``models/pretrain_model.py``).
 
 Config (all off by default)::
 
@@ -11,14 +14,14 @@ Config (all off by default)::
 
 Weight of a loss: ``LOSS_CONFIG.<NAME>_WEIGHT`` if set (resolved like the other loss weights),
 else the section's ``WEIGHT``, else 1.0; a warning is logged when both are set and differ.
-The backbone multiplies it by ``TEACHER_STUDENT_WEIGHT``. Losses are attached only when
+The backbone multiplies it by ``TEACHER_STUDENT_WEIGHT``. Losses are built only when
 ``TEACHER_STUDENT_WEIGHT > 0``, so a Phase 1 config builds and trains exactly as before.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional
 
 from torch import nn
 
@@ -80,38 +83,42 @@ def phase2_configs(model_cfg: Mapping, loss_cfg: Mapping) -> Dict[str, object]:
     return configs
 
 
-def build_loss(section: str, cfg, backbone: nn.Module) -> nn.Module:
-    """The loss module of one section, sized from the backbone's channels."""
+class TeacherStudentLoss(NamedTuple):
+    """One built Phase 2 loss: its name (in the backbone's ``ts_losses`` and the tb_dict), module, weight."""
+
+    name: str
+    module: nn.Module
+    weight: float
+
+
+def build_loss(section: str, cfg, channels: Mapping[str, int], feature_dim: int) -> nn.Module:
+    """The loss module of one section. ``channels``: feature channels of ``x_conv1..x_conv4`` and
+    ``bev``; ``feature_dim``: the projectors' output dim (``FEATURE_DIM``)."""
     if section == "MLFR":
-        channels = dict(backbone.backbone_channels, bev=backbone.num_point_features)
         return MLFRLoss(channels, cfg.scales, cfg.target_norm, cfg.loss_type, cfg.masked_site_weight,
                         cfg.decoder_kernel)
-    dim = backbone.teacher_cfg.feature_dim
     if section == "VOXEL_CONTRAST":
-        return VoxelContrastLoss(dim, cfg.num_samples, cfg.tau, cfg.neg_radius)
-    return FrameContrastLoss(dim, cfg.tau, cfg.allow_single)
+        return VoxelContrastLoss(feature_dim, cfg.num_samples, cfg.tau, cfg.neg_radius)
+    return FrameContrastLoss(feature_dim, cfg.tau, cfg.allow_single)
 
 
-def attach_teacher_student_losses(backbone: nn.Module, model_cfg: Mapping, loss_cfg: Mapping) -> List[str]:
-    """Validate the Phase 2 sections of ``model_cfg`` (the BACKBONE_3D section) and register every
-    enabled loss with ``backbone.add_teacher_student_loss``. ``loss_cfg`` holds the resolved
-    LOSS_CONFIG (``TEACHER_STUDENT_WEIGHT`` and the per-loss weights). Returns the attached names."""
+def build_teacher_student_losses(model_cfg: Mapping, loss_cfg: Mapping, channels: Mapping[str, int],
+                                 feature_dim: int) -> List[TeacherStudentLoss]:
+    """Validate the Phase 2 sections of ``model_cfg`` (the BACKBONE_3D section) and build every
+    enabled loss. ``loss_cfg`` holds the resolved LOSS_CONFIG (``TEACHER_STUDENT_WEIGHT`` and the
+    per-loss weights). Nothing is built when ``TEACHER_STUDENT_WEIGHT`` is 0 (Phase 1)."""
     configs = phase2_configs(model_cfg, loss_cfg)
-    enabled: List[Tuple[str, object]] = [(s, c) for s, c in configs.items() if c.enabled]
+    enabled = [(s, c) for s, c in configs.items() if c.enabled]
     if not enabled:
         return []
     if float(loss_cfg.get("TEACHER_STUDENT_WEIGHT") or 0.0) <= 0:
         logger.info("Phase 2 losses %s are enabled but LOSS_CONFIG.TEACHER_STUDENT_WEIGHT is 0: not attached "
                     "(Phase 1 training).", [s for s, _ in enabled])
         return []
-    names = []
-    for section, cfg in enabled:
-        name = PHASE2_SECTIONS[section][0]
-        backbone.add_teacher_student_loss(name, build_loss(section, cfg, backbone), cfg.weight)
-        logger.info("Teacher-student loss '%s' attached with weight %s: %s", name, cfg.weight, cfg)
-        names.append(name)
-    return names
+    return [TeacherStudentLoss(PHASE2_SECTIONS[section][0], build_loss(section, cfg, channels, feature_dim),
+                               cfg.weight) for section, cfg in enabled]
 
 
 __all__ = ["MLFRLoss", "VoxelContrastLoss", "FrameContrastLoss", "MLFRConfig", "VoxelContrastConfig",
-           "FrameContrastConfig", "attach_teacher_student_losses", "phase2_configs", "PHASE2_SECTIONS"]
+           "FrameContrastConfig", "TeacherStudentLoss", "build_teacher_student_losses", "phase2_configs",
+           "PHASE2_SECTIONS"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.backbone import projection_head
+from ..heads import projection_head
 from .common import gather_rows_across_ranks, info_nce_rows
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def mean_pool(features: torch.Tensor, batch: torch.Tensor, batch_size: int) -> T
 class FrameContrastLoss(nn.Module):
     """Teacher-student loss ``frame_contrast``.
 
-    Embeddings: student = predictor(mean over the frame's BEV sites of student_projector(feature));
-    teacher = mean of ``projected_bev`` (the teacher projector's per-site output). Frames with no
+    Embeddings: student = predictor(mean over the frame's BEV sites of the student's ``projected_bev``,
+    its projector's per-site output); teacher = mean of the teacher's ``projected_bev``. Frames with no
     student or no teacher site are left out. Needs >= 2 frames over all ranks: otherwise a
     RuntimeError, or, with ``allow_single``, a zero loss (still connected to the graph) and a log line.
     """
@@ -54,19 +54,19 @@ class FrameContrastLoss(nn.Module):
         self.predictor = projection_head(int(feature_dim), int(feature_dim))
         self._skips = 0
 
-    def embeddings(self, student: dict, teacher: dict, batch_size: int,
-                   projector: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    uses_projection = True  # needs ``student['projected_bev']``
+
+    def embeddings(self, student: dict, teacher: dict, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(F, D) student queries and (F, D) teacher keys of the F frames present in both views."""
         s_bev, t_bev = student["encoded_spconv_tensor"], teacher["encoded_spconv_tensor"]
-        s_pool, s_count = mean_pool(projector(s_bev.features.float()), s_bev.indices[:, 0].long(), batch_size)
+        s_pool, s_count = mean_pool(student["projected_bev"].float(), s_bev.indices[:, 0].long(), batch_size)
         t_pool, t_count = mean_pool(teacher["projected_bev"].detach().float(), t_bev.indices[:, 0].long(),
                                     batch_size)
         present = (s_count > 0) & (t_count > 0)
         return self.predictor(s_pool[present]), t_pool[present]
 
-    def forward(self, student: dict, teacher: dict, batch_size: int, backbone: nn.Module,
-                **unused) -> Tuple[torch.Tensor, dict]:
-        query, local_keys = self.embeddings(student, teacher, batch_size, backbone.student_projector)
+    def forward(self, student: dict, teacher: dict, batch_size: int, **unused) -> Tuple[torch.Tensor, dict]:
+        query, local_keys = self.embeddings(student, teacher, batch_size)
         keys, offset = gather_rows_across_ranks(local_keys)
         if keys.shape[0] < 2:
             return self._single(query, keys.shape[0])

@@ -1,6 +1,9 @@
 """Voxel-level contrastive loss of CMAE-3D (Zhang et al., 2024): at BEV sites present in
 both views, the student's projected + predicted feature must pick the teacher's projected
-feature of the same site among the other sampled sites of the batch (InfoNCE)."""
+feature of the same site among the other sampled sites of the batch (InfoNCE).
+
+Takes tensors only: the student's and the teacher's BEV outputs, each with its projected rows
+(``projected_bev``, made by the backbone's projectors); the loss owns its predictor."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,8 +12,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..masking import rank_within_group
-from ..models.backbone import projection_head
+from ..heads import projection_head
+from ..scatter import rank_within_group
 from ..sparse_align import match_sites
 from .common import info_nce_rows, per_scene_mean
 
@@ -48,6 +51,9 @@ def near_negatives(batch: torch.Tensor, yx: torch.Tensor, radius: float) -> torc
 class VoxelContrastLoss(nn.Module):
     """Teacher-student loss ``voxel_contrast``.
 
+    Inputs: ``student`` / ``teacher`` encoder output dicts whose ``encoded_spconv_tensor`` is the
+    (M, C) BEV tensor and whose ``projected_bev`` is its (M, D) projected rows (teacher's: no gradient).
+
     Args:
         feature_dim: projector output dim (``FEATURE_DIM``); the predictor maps it to itself.
         num_samples: most shared sites sampled per scene.
@@ -77,12 +83,13 @@ class VoxelContrastLoss(nn.Module):
         keep = sample_per_scene(t_bev.indices[i_t, 0].long(), self.num_samples, batch_size)
         return i_s[keep], i_t[keep]
 
-    def forward(self, student: dict, teacher: dict, batch_size: int, backbone: nn.Module,
-                **unused) -> Tuple[torch.Tensor, dict]:
+    uses_projection = True  # needs ``student['projected_bev']``
+
+    def forward(self, student: dict, teacher: dict, batch_size: int, **unused) -> Tuple[torch.Tensor, dict]:
         i_s, i_t = self.shared_sites(student, teacher, batch_size)
         t_bev = teacher["encoded_spconv_tensor"]
         batch = t_bev.indices[i_t, 0].long()
-        query = self.predictor(backbone.student_projector(student["encoded_spconv_tensor"].features[i_s].float()))
+        query = self.predictor(student["projected_bev"][i_s].float())
         keys = teacher["projected_bev"][i_t].detach().float()
         exclude = near_negatives(batch, t_bev.indices[i_t, 1:], self.neg_radius) if self.neg_radius > 0 else None
         positives = torch.arange(i_s.shape[0], device=query.device)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone_keys import VALID_KEYS
 from ..config import resolve_loss_config
-from ..masking import MASKING_KEYS, RadialMasker, masking_config_from_cfg
+from ..heads import projection_head
+from ..masking import RadialMasker, masking_config_from_cfg
 from ..occupancy import (
     SOURCE_BY_STRIDE,
     OccupancyDecoder,
@@ -33,15 +35,9 @@ from ..occupancy import (
 )
 from ..sparse_align import match_sites
 from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
-from .encoder import ENCODER_KEYS, ENCODER_MODULES, VoxelNeXtEncoder, spconv
+from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
 
 logger = logging.getLogger(__name__)
-
-TEACHER_STUDENT_KEYS = ("ENABLE_TEACHER_STUDENT", "TEACHER_STUDENT_MODE", "TEACHER_BACKBONE_TYPE",
-                        "TEACHER_MOMENTUM", "TEACHER_LOG_INTERVAL", "FEATURE_DIM")
-PHASE2_KEYS = ("MLFR", "VOXEL_CONTRAST", "FRAME_CONTRAST")
-VALID_KEYS = ("NAME", "PRETRAINING", "OCCUPANCY_DECODER", "LOSS_CONFIG") + ENCODER_KEYS + MASKING_KEYS \
-    + TEACHER_STUDENT_KEYS + PHASE2_KEYS
 
 
 def check_backbone_keys(model_cfg, where: str = "MODEL.BACKBONE_3D") -> None:
@@ -90,12 +86,6 @@ class TeacherConfig:
                    momentum=float(model_cfg.get("TEACHER_MOMENTUM", 0.996)),
                    log_interval=int(model_cfg.get("TEACHER_LOG_INTERVAL", 50)),
                    feature_dim=int(model_cfg.get("FEATURE_DIM", 128)))
-
-
-def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Linear-LayerNorm-ReLU-Linear: the projectors here and the BYOL-style predictors of the losses."""
-    return nn.Sequential(nn.Linear(in_channels, in_channels), nn.LayerNorm(in_channels), nn.ReLU(),
-                         nn.Linear(in_channels, out_channels))
 
 
 def without_indice_tables(encoded: dict) -> dict:
@@ -175,6 +165,11 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         """The student's VoxelNeXt part of the state_dict (what a detector loads)."""
         return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in ENCODER_MODULES}
 
+    @property
+    def loss_channels(self) -> Dict[str, int]:
+        """Feature channels of the scales a teacher-student loss can read: ``x_conv1..x_conv4``, ``bev``."""
+        return dict(self.backbone_channels, bev=self.num_point_features)
+
     def freeze_projectors(self) -> None:
         """Phase 1 (no teacher-student loss): the projection heads get no gradient; freezing them
         keeps them out of the optimizer and out of DDP's unused-parameter check."""
@@ -184,7 +179,9 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
 
     def add_teacher_student_loss(self, name: str, loss: nn.Module, weight: float) -> None:
         """Plug a teacher-student loss in: ``loss(student=..., teacher=..., mask=..., batch_size=...)``
-        must return ``(scalar, tb_dict)``; it is weighted by ``weight`` x TEACHER_STUDENT_WEIGHT."""
+        must return ``(scalar, tb_dict)``; it is weighted by ``weight`` x TEACHER_STUDENT_WEIGHT.
+        A loss with ``uses_projection = True`` gets ``student['projected_bev']``: the student
+        projector's (M, FEATURE_DIM) output for the BEV rows (the teacher's is always there)."""
         if not self.pretraining or not self.teacher_cfg.enabled:
             raise ValueError(f"Teacher-student loss '{name}' needs PRETRAINING and ENABLE_TEACHER_STUDENT")
         self.ts_losses[name] = loss
@@ -235,11 +232,16 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         return without_indice_tables(out)
 
     # ------------------------------------------------------------------ teacher update
+    @property
+    def has_ema_teacher(self) -> bool:
+        """Whether :meth:`update_teacher` moves an EMA teacher (and so needs the training progress)."""
+        return self.pretraining and self.teacher_cfg.enabled and self.teacher_cfg.kind == "ema"
+
     @torch.no_grad()
     def update_teacher(self, progress: float) -> Optional[float]:
         """EMA step after an optimizer step; ``progress`` = global step / total steps in [0, 1].
         Returns the momentum used (None when there is no EMA teacher)."""
-        if not (self.pretraining and self.teacher_cfg.enabled and self.teacher_cfg.kind == "ema"):
+        if not self.has_ema_teacher:
             return None
         momentum = cosine_momentum(progress, self.teacher_cfg.momentum)
         ema_update(self.teacher, self, momentum)
@@ -293,9 +295,13 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
             raise RuntimeError("Teacher-student loss requested but the teacher did not run this step.")
         total = None
         tb_dict = {}
+        student = ret["student"]
+        if any(getattr(loss_fn, "uses_projection", False) for loss_fn in self.ts_losses.values()):
+            student = dict(student, projected_bev=self.student_projector(
+                student["encoded_spconv_tensor"].features.float()))
         for name, loss_fn in self.ts_losses.items():
-            value, parts = loss_fn(student=ret["student"], teacher=ret["teacher"], mask=ret["mask"],
-                                   batch_size=ret["batch_size"], backbone=self)
+            value, parts = loss_fn(student=student, teacher=ret["teacher"], mask=ret["mask"],
+                                   batch_size=ret["batch_size"])
             weighted = self.ts_loss_weights[name] * value
             total = weighted if total is None else total + weighted
             tb_dict[f"loss_{name}"] = value.detach()

@@ -20,7 +20,6 @@ spconv = import_spconv()
 apply_spconv_cpu_fixes()
 
 MULTI_SCALE_STRIDES = {"x_conv1": 1, "x_conv2": 2, "x_conv3": 4, "x_conv4": 8}
-ENCODER_KEYS = ("CHANNELS", "OUT_CHANNEL", "SPCONV_KERNEL_SIZES")
 ENCODER_MODULES = ("conv_input", "conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv_out", "shared_conv")
 
 

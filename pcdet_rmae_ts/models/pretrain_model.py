@@ -3,18 +3,25 @@
 Modules are named ``vfe`` and ``backbone_3d`` and a ``global_step`` buffer is kept,
 so the state_dict keys are the ones OpenPCDet's detectors use and a checkpoint
 loads with ``--pretrained_model`` into a VoxelNeXt detector.
+
+The engine talks to it through a few methods only (it never reaches into ``backbone_3d``):
+``forward`` -> ``(loss, tb_dict)``, ``after_optimizer_step(progress)``, ``extra_state()`` /
+``load_extra_state(state)`` and ``masking_snapshot()``.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import logging
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
 from ..config import resolve_loss_config
-from ..losses import attach_teacher_student_losses
+from ..losses import build_teacher_student_losses
 from .backbone import LossWeights, RMAECMAEBackbonePhase1
 from .vfe import MeanVFE
+
+logger = logging.getLogger(__name__)
 
 
 def configure_pretraining_losses(backbone: RMAECMAEBackbonePhase1, backbone_cfg: Mapping, loss_config: Mapping,
@@ -28,7 +35,10 @@ def configure_pretraining_losses(backbone: RMAECMAEBackbonePhase1, backbone_cfg:
     backbone.loss_weights = weights
     resolved = dict(loss_config)
     resolved["TEACHER_STUDENT_WEIGHT"] = weights.teacher_student
-    attach_teacher_student_losses(backbone, backbone_cfg, resolved)
+    for built in build_teacher_student_losses(backbone_cfg, resolved, backbone.loss_channels,
+                                              backbone.teacher_cfg.feature_dim):
+        backbone.add_teacher_student_loss(built.name, built.module, built.weight)
+        logger.info("Teacher-student loss '%s' attached with weight %s", built.name, built.weight)
     if weights.teacher_student == 0:
         backbone.freeze_projectors()
     return weights
@@ -72,6 +82,37 @@ class PretrainModel(nn.Module):
 
     def update_global_step(self) -> None:
         self.global_step += 1
+
+    # ------------------------------------------------------------------ engine contract
+    def after_optimizer_step(self, progress: float) -> Dict[str, float]:
+        """Once after every optimizer step: count it (``global_step`` += 1) and move the EMA teacher.
+
+        ``progress`` = optimizer steps done / total steps of the run, in [0, 1] (the momentum schedule
+        is a function of it). Returns scalars to log (``teacher_momentum`` when there is an EMA teacher)."""
+        self.update_global_step()
+        momentum = self.backbone_3d.update_teacher(progress=progress)
+        return {} if momentum is None else {"teacher_momentum": momentum}
+
+    def extra_state(self) -> dict:
+        """What an exact resume needs beyond the state_dict: the masking generator (``masker_state``)."""
+        masker = getattr(self.backbone_3d, "masker", None)
+        return {} if masker is None else {"masker_state": {k: v.cpu() for k, v in masker.state_dict().items()}}
+
+    def load_extra_state(self, state: Mapping) -> None:
+        """Restore :meth:`extra_state` from a checkpoint dict (a missing entry is left as it is)."""
+        masker = getattr(self.backbone_3d, "masker", None)
+        if masker is not None and state.get("masker_state"):
+            masker.load_state_dict(state["masker_state"])
+
+    def masking_snapshot(self) -> Optional[dict]:
+        """The last training forward's masking, for pictures: ``coords`` (N, 4) [b, z, y, x], ``mask``
+        (MaskResult), ``voxel_size``, ``point_cloud_range``, ``near`` / ``far`` (metres); None before it."""
+        ret = self.backbone_3d.forward_ret_dict
+        if "mask" not in ret or "coords" not in ret:
+            return None
+        cfg = self.backbone_3d.masker.config
+        return {"coords": ret["coords"], "mask": ret["mask"], "voxel_size": self.backbone_3d.voxel_size,
+                "point_cloud_range": self.backbone_3d.point_cloud_range, "near": cfg.near, "far": cfg.far}
 
     def forward(self, batch_dict: dict):
         """Training: ``(loss, tb_dict)``; eval: the batch_dict with the encoder outputs."""
