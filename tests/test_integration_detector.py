@@ -84,6 +84,56 @@ def test_pretraining_loss_and_ema_once_per_step(detector_cls, monkeypatch):
     assert "ema_step" in model.state_dict() and int(model.ema_step) == 2
 
 
+def _train_steps(model, steps):
+    """OpenPCDet's order: forward, update_global_step, backward, optimizer.step."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    for step in range(steps):
+        ret, _, _ = model(_batch(step))
+        model.update_global_step()
+        ret["loss"].backward()
+        optimizer.step()
+
+
+def test_ema_teacher_without_run_length_fails_at_its_first_update(detector_cls):
+    """Without set_total_steps (no hook), progress used to be 0 and the momentum stayed at its base."""
+    from pcdet_rmae_ts.models.detector import MissingRunLengthError
+
+    model = detector_cls(_cfg().MODEL, 4, None)
+    assert model.backbone_3d.has_ema_teacher
+    with pytest.raises(MissingRunLengthError, match=r"set_total_steps\(\) was never called.*tools/train\.py"):
+        _train_steps(model, 2)
+    assert int(model.ema_step) == 0, "the failing step applied no EMA"
+
+
+def test_identical_teacher_needs_no_run_length(detector_cls):
+    model = detector_cls(_cfg(teacher="identical").MODEL, 4, None)
+    assert not model.backbone_3d.has_ema_teacher
+    _train_steps(model, 2)
+    assert int(model.ema_step) == 1
+
+
+def test_ema_momentum_follows_the_run_length(detector_cls):
+    from pcdet_rmae_ts.teacher import cosine_momentum
+
+    model = detector_cls(_cfg().MODEL, 4, None)
+    model.set_total_steps(2)
+    seen = []
+    update = model.backbone_3d.update_teacher
+    model.backbone_3d.update_teacher = lambda progress: seen.append(update(progress))
+    _train_steps(model, 3)
+    base = model.backbone_3d.teacher_cfg.momentum
+    assert seen == [pytest.approx(cosine_momentum(0.5, base)), pytest.approx(1.0)]
+
+
+def test_ema_progress():
+    from pcdet_rmae_ts.models.detector import MissingRunLengthError, ema_progress
+
+    assert ema_progress(3, 12) == 0.25 and ema_progress(20, 12) == 1.0
+    with pytest.raises(MissingRunLengthError, match="set_total_steps"):
+        ema_progress(1, None)
+
+
 def test_resume_does_not_apply_an_extra_ema(detector_cls, monkeypatch):
     model = detector_cls(_cfg().MODEL, 4, None)
     model.global_step.fill_(7)

@@ -9,7 +9,9 @@ Modes (from ``MODEL.BACKBONE_3D.PRETRAINING``):
 * **pretraining** (no ``DENSE_HEAD``): training returns ``({'loss': loss}, tb_dict, {})`` from
   ``backbone_3d.get_loss(weights)``. Loss weights (``RMAE_WEIGHT``, ``TEACHER_STUDENT_WEIGHT``)
   come from :func:`resolve_detector_loss_config`. The EMA teacher is updated once per optimizer
-  step, see :meth:`_catch_up_teacher`. Evaluation is not defined (no head) and raises.
+  step, see :meth:`_catch_up_teacher`; its momentum schedule needs the run length, given by
+  :meth:`set_total_steps` (the package's OpenPCDet hook calls it; without it an EMA update raises
+  :class:`MissingRunLengthError`). Evaluation is not defined (no head) and raises.
 * **fine-tuning** (``DENSE_HEAD: VoxelNeXtHead``): exactly OpenPCDet's VoxelNeXt; the head's
   loss is multiplied by ``DETECTION_WEIGHT`` (1.0 by default); eval returns
   ``(pred_dicts, recall_dicts)``.
@@ -26,6 +28,24 @@ from ..config import resolve_loss_config
 logger = logging.getLogger(__name__)
 
 _DETECTOR_CLASS: Optional[type] = None
+
+
+class MissingRunLengthError(RuntimeError):
+    """The EMA teacher is due an update but the detector was never told the run length."""
+
+
+def ema_progress(step: int, total_steps: Optional[int]) -> float:
+    """Training progress ``step / total_steps`` in [0, 1] for the teacher's momentum schedule.
+
+    Raises MissingRunLengthError when ``total_steps`` is None: a progress of 0 would keep the momentum
+    at its base value for the whole run, silently."""
+    if total_steps is None:
+        raise MissingRunLengthError(
+            "RMAECMAEDetectorPhase1: the EMA teacher's momentum schedule needs the run length, but "
+            "set_total_steps() was never called. Train through this package's launchers (tools/train.py, "
+            "scripts/dist_train.sh: their optimizer hook calls it), or call "
+            "model.set_total_steps(iterations_per_epoch * epochs) before the first training step.")
+    return min(max(step / total_steps, 0.0), 1.0)
 
 
 def resolve_detector_loss_config(model_cfg: Mapping, global_cfg: Optional[Mapping] = None) -> dict:
@@ -124,9 +144,8 @@ def _build_detector_class() -> type:
             """
             step = int(self.global_step.item())
             done = int(self.ema_step.item())
-            if done >= 0 and done < step:
-                progress = step / self.ema_total_steps if self.ema_total_steps else 0.0
-                self.backbone_3d.update_teacher(min(progress, 1.0))
+            if done >= 0 and done < step and self.backbone_3d.has_ema_teacher:
+                self.backbone_3d.update_teacher(ema_progress(step, self.ema_total_steps))
             self.ema_step.fill_(step)
 
         def forward(self, batch_dict):
