@@ -62,6 +62,65 @@ def test_batch_voxelisation_equals_per_sample(datasets):
         np.testing.assert_allclose(got[key][1], pts, rtol=0, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def capped_datasets(tmp_path_factory):
+    """MAX_NUMBER_OF_VOXELS far below a synthetic frame's voxel count: the cap decides what is kept."""
+    root = tmp_path_factory.mktemp("vox_cap") / "demo"
+    write_dataset(root, 3, seed=5)
+    cfg = EasyDict(yaml.safe_load(CFG))
+    cfg.DATA_PATH = str(root)
+    cfg.DATA_PROCESSOR[2].MAX_NUMBER_OF_VOXELS = {"train": 700, "test": 700}
+    deferred = copy.deepcopy(cfg)
+    deferred.VOXELIZE_ON_DEVICE = True
+    return PretrainDataset(cfg, None, training=False), PretrainDataset(deferred, None, training=False)
+
+
+def test_the_cap_is_per_sample_and_keeps_what_per_sample_voxelisation_keeps(capped_datasets):
+    in_loader, deferred = capped_datasets
+    reference = PretrainDataset.collate_batch([in_loader[i] for i in range(3)])
+    assert all((reference["voxel_coords"][:, 0] == b).sum() == 700 for b in range(3)), "every frame is capped"
+    batch = PretrainDataset.collate_batch([deferred[i] for i in range(3)])
+    out = BatchVoxelizer.from_dataset(deferred)(torch.from_numpy(batch["points"]), 3)
+    got = _per_voxel(out["voxel_coords"], out["voxels"], out["voxel_num_points"])
+    want = _per_voxel(reference["voxel_coords"], reference["voxels"], reference["voxel_num_points"])
+    assert got.keys() == want.keys()
+    for key, (n, pts) in want.items():
+        assert got[key][0] == n, key
+        np.testing.assert_allclose(got[key][1], pts, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_dense_frame_does_not_take_a_later_frames_voxels(datasets, seed):
+    """Sample 0 holds 3x the cap, sample 1 half of it: before, the batch-wide cap (2 x cap) kept 2 x cap
+    voxels of sample 0 and dropped sample 1's. Now: the first `cap` voxels of 0 (point order), all of 1."""
+    _, deferred = datasets
+    cap = 40
+    voxelizer = BatchVoxelizer(deferred.voxel_size, deferred.point_cloud_range, deferred.grid_size, 4, 5, cap)
+    gen = torch.Generator().manual_seed(seed)
+
+    def distinct_cells(n):  # n points in n distinct voxels (cell centres), random order
+        cells = torch.randperm(256 * 256, generator=gen)[:n]
+        x = (cells % 256).float() * 0.2 - 25.6 + 0.1
+        y = (cells // 256).float() * 0.2 - 25.6 + 0.1
+        return torch.stack([x, y, torch.full_like(x, 0.1), torch.rand(n, generator=gen)], 1)
+
+    dense, sparse = distinct_cells(3 * cap), distinct_cells(cap // 2)
+    dense = torch.cat([dense, dense[:10] + torch.tensor([0.05, 0.05, 0.0, 0.0])])  # repeats: no new voxels
+    points = torch.cat([torch.cat([torch.zeros(len(dense), 1), dense], 1),
+                        torch.cat([torch.ones(len(sparse), 1), sparse], 1)])
+    out = voxelizer(points, 2)
+    coords = out["voxel_coords"]
+    assert int((coords[:, 0] == 0).sum()) == cap and int((coords[:, 0] == 1).sum()) == cap // 2
+
+    def cell_of(p):
+        return [int(((p[2] + 3.0) / 0.2).floor()), int(((p[1] + 25.6) / 0.2).floor()),
+                int(((p[0] + 25.6) / 0.2).floor())]
+
+    kept0 = sorted(tuple(c[1:]) for c in coords.tolist() if c[0] == 0)
+    assert kept0 == sorted(tuple(cell_of(p)) for p in dense[:cap]), "the first `cap` voxels in point order"
+    assert int(out["voxel_num_points"][coords[:, 0] == 0].sum()) == cap + 10
+
+
 def test_points_on_the_upper_x_bound_do_not_leak_into_the_next_sample(datasets):
     _, deferred = datasets
     voxelizer = BatchVoxelizer.from_dataset(deferred)
