@@ -6,12 +6,13 @@ warnings, experiment tags (``TAG``, ``EXP_GROUP_PATH``) and the plugin's loss we
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import logging
 import os
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Tuple
 
 import yaml
 from easydict import EasyDict
@@ -66,6 +67,47 @@ def check_known_keys(section: Mapping, valid: Iterable[str], *, key_path: str,
         hint = f"did you mean '{near}'?" if near else f"valid keys are {sorted(valid)}"
         raise ConfigError(f"unknown key '{key}'", key=f"{key_path}.{key}", file=file or config_source(section),
                           fix=f"{hint} Valid keys: {', '.join(sorted(valid))}.")
+
+
+def yaml_key(field: dataclasses.Field) -> str:
+    """The YAML key of a config dataclass field: ``metadata['key']``, else the field name in capitals."""
+    return field.metadata.get("key", field.name.upper())
+
+
+def section_keys(cls: type) -> Tuple[str, ...]:
+    """The YAML keys a config dataclass reads (:func:`dataclass_from_section`), in field order."""
+    return tuple(yaml_key(f) for f in dataclasses.fields(cls) if not f.metadata.get("derived"))
+
+
+def _convert_like(default: Any) -> Callable[[Any], Any]:
+    if isinstance(default, tuple):
+        return tuple
+    if default is None:
+        return lambda value: value
+    return type(default)
+
+
+def dataclass_from_section(cls: type, section: Mapping | None, *, key_path: str, check_unknown: bool = True,
+                           **given: Any) -> Any:
+    """The config dataclass ``cls`` from one YAML ``section``; the dataclass is the only place the
+    defaults are written.
+
+    Field ``f`` reads the key :func:`yaml_key` (``f.metadata['key']`` or ``F``), converted by
+    ``f.metadata['convert']`` or else by the type of its default; an absent key keeps the default.
+    Fields marked ``metadata['derived']`` (computed from several keys) and the ones in ``given`` are
+    not read. With ``check_unknown``, a key no field reads is a ConfigError naming the nearest one
+    (turn it off for a section shared with other components, checked by its owner)."""
+    section = section if section is not None else {}
+    if check_unknown:
+        check_known_keys(section, section_keys(cls), key_path=key_path)
+    kwargs = dict(given)
+    for field in dataclasses.fields(cls):
+        key = yaml_key(field)
+        if field.name in given or field.metadata.get("derived") or key not in section:
+            continue
+        convert = field.metadata.get("convert") or _convert_like(field.default)
+        kwargs[field.name] = convert(section[key])
+    return cls(**kwargs)
 
 
 def config_source(section: Any) -> str | None:

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .backbone_keys import MASKING_KEYS
+from .config import check_known_keys, dataclass_from_section
 from .scatter import bin_sum, device_constant, rank_within_group
 
 logger = logging.getLogger(__name__)
@@ -35,14 +36,16 @@ class MaskingConfig:
     """Validated masking hyper-parameters (angles in degrees, distances in metres)."""
 
     masked_ratio: float = 0.8
-    target: str = "sectors"
-    num_sectors: int = 36
-    sector_width: float = 10.0
-    near: float = 10.0
-    far: float = 30.0
-    band_probs: tuple = (0.5, 0.75, 0.9)
-    bernoulli: bool = True
-    two_stage: bool = True
+    target: str = field(default="sectors", metadata={"key": "MASKING_TARGET", "convert": lambda v: str(v).lower()})
+    # derived from NUM_ANGULAR_GROUPS / ANGULAR_GROUP_SIZE (alias ANGULAR_RANGE), DISTANCE_THRESHOLDS,
+    # RANGE_MASK_PROBS by masking_config_from_cfg
+    num_sectors: int = field(default=36, metadata={"derived": True})
+    sector_width: float = field(default=10.0, metadata={"derived": True})
+    near: float = field(default=10.0, metadata={"derived": True})
+    far: float = field(default=30.0, metadata={"derived": True})
+    band_probs: tuple = field(default=(0.5, 0.75, 0.9), metadata={"derived": True})
+    bernoulli: bool = field(default=True, metadata={"key": "USE_BERNOULLI_MASKING"})
+    two_stage: bool = field(default=True, metadata={"key": "ENABLE_2STAGE_MASKING"})
     min_kept_voxels: int = 32
 
     def __post_init__(self):
@@ -73,10 +76,11 @@ def masking_config_from_cfg(model_cfg) -> MaskingConfig:
     ``MASKING_TARGET`` (default ``sectors``) says what ``MASKED_RATIO`` is a fraction of:
     ``sectors``: the non-empty angular sectors selected in stage 1 (R-MAE); ``voxels``: the
     expected fraction of masked voxels per sample (sectors are added until it is reached)."""
+    defaults = MaskingConfig()
     width = model_cfg.get("ANGULAR_GROUP_SIZE", model_cfg.get("ANGULAR_RANGE"))
     count = model_cfg.get("NUM_ANGULAR_GROUPS")
     if width is None and count is None:
-        width, count = 10.0, 36
+        width, count = defaults.sector_width, defaults.num_sectors
     elif width is None:
         width = 360.0 / float(count)
     elif count is None:
@@ -85,24 +89,15 @@ def masking_config_from_cfg(model_cfg) -> MaskingConfig:
             and float(model_cfg["ANGULAR_GROUP_SIZE"]) != float(model_cfg["ANGULAR_RANGE"]):
         raise ValueError("BACKBONE_3D sets both ANGULAR_GROUP_SIZE and its alias ANGULAR_RANGE with "
                          "different values; keep one.")
-    near, far = model_cfg.get("DISTANCE_THRESHOLDS", [10.0, 30.0])
-    probs = model_cfg.get("RANGE_MASK_PROBS", {})
-    unknown = set(probs) - set(BANDS)
-    if unknown:
-        raise ValueError(f"RANGE_MASK_PROBS has unknown band(s) {sorted(unknown)}; valid: {list(BANDS)}")
-    defaults = dict(zip(BANDS, MaskingConfig.band_probs))
-    return MaskingConfig(
-        masked_ratio=float(model_cfg.get("MASKED_RATIO", 0.8)),
-        target=str(model_cfg.get("MASKING_TARGET", "sectors")).lower(),
-        num_sectors=int(count),
-        sector_width=float(width),
-        near=float(near),
-        far=float(far),
-        band_probs=tuple(float(probs.get(b, defaults[b])) for b in BANDS),
-        bernoulli=bool(model_cfg.get("USE_BERNOULLI_MASKING", True)),
-        two_stage=bool(model_cfg.get("ENABLE_2STAGE_MASKING", True)),
-        min_kept_voxels=int(model_cfg.get("MIN_KEPT_VOXELS", 32)),
-    )
+    near, far = model_cfg.get("DISTANCE_THRESHOLDS", [defaults.near, defaults.far])
+    probs = model_cfg.get("RANGE_MASK_PROBS") or {}
+    check_known_keys(probs, BANDS, key_path="MODEL.BACKBONE_3D.RANGE_MASK_PROBS")
+    default_probs = dict(zip(BANDS, defaults.band_probs))
+    # the flat BACKBONE_3D section is shared with other components; the backbone checks its keys
+    return dataclass_from_section(
+        MaskingConfig, model_cfg, key_path="MODEL.BACKBONE_3D", check_unknown=False,
+        num_sectors=int(count), sector_width=float(width), near=float(near), far=float(far),
+        band_probs=tuple(float(probs.get(b, default_probs[b])) for b in BANDS))
 
 
 @dataclass

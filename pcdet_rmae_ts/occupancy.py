@@ -8,13 +8,14 @@ bounded by (grid / s^3) x a few channels, whatever the number of points.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import dataclass_from_section, section_keys
 from .scatter import device_constant
 
 # Stride 8 decodes from the encoder's 2D BEV output (so conv_out/shared_conv, which the
@@ -22,15 +23,20 @@ from .scatter import device_constant
 SOURCE_BY_STRIDE = {8: "encoded_spconv_tensor", 4: "x_conv3"}
 
 
+def _optional_float(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class OccupancyConfig:
-    """Decoder and loss hyper-parameters (``OCCUPANCY_DECODER`` section)."""
+    """Decoder and loss hyper-parameters (``OCCUPANCY_DECODER`` section; YAML keys are the field
+    names in capitals)."""
 
     stride: int = 8
     reduced_channels: int = 16
     hidden_channels: int = 64
-    dilations: tuple = (1, 2, 4, 1)
-    pos_weight: Optional[float] = None
+    dilations: tuple = field(default=(1, 2, 4, 1), metadata={"convert": lambda v: tuple(int(d) for d in v)})
+    pos_weight: Optional[float] = field(default=None, metadata={"convert": _optional_float})
     focal_gamma: float = 0.0
     restrict_to_range: bool = True
 
@@ -44,24 +50,12 @@ class OccupancyConfig:
             raise ValueError(f"OCCUPANCY_DECODER.FOCAL_GAMMA must be >= 0, got {self.focal_gamma}")
 
 
-OCCUPANCY_KEYS = ("STRIDE", "REDUCED_CHANNELS", "HIDDEN_CHANNELS", "DILATIONS", "POS_WEIGHT",
-                  "FOCAL_GAMMA", "RESTRICT_TO_RANGE")
+OCCUPANCY_KEYS = section_keys(OccupancyConfig)
 
 
 def occupancy_config_from_cfg(section) -> OccupancyConfig:
-    section = section or {}
-    unknown = set(section) - set(OCCUPANCY_KEYS)
-    if unknown:
-        raise ValueError(f"OCCUPANCY_DECODER has unknown key(s) {sorted(unknown)}; valid: {list(OCCUPANCY_KEYS)}")
-    return OccupancyConfig(
-        stride=int(section.get("STRIDE", 8)),
-        reduced_channels=int(section.get("REDUCED_CHANNELS", 16)),
-        hidden_channels=int(section.get("HIDDEN_CHANNELS", 64)),
-        dilations=tuple(int(d) for d in section.get("DILATIONS", (1, 2, 4, 1))),
-        pos_weight=None if section.get("POS_WEIGHT") is None else float(section["POS_WEIGHT"]),
-        focal_gamma=float(section.get("FOCAL_GAMMA", 0.0)),
-        restrict_to_range=bool(section.get("RESTRICT_TO_RANGE", True)),
-    )
+    """``MODEL.BACKBONE_3D.OCCUPANCY_DECODER`` (None: every default); unknown keys are a ConfigError."""
+    return dataclass_from_section(OccupancyConfig, section, key_path="MODEL.BACKBONE_3D.OCCUPANCY_DECODER")
 
 
 def coarse_shape(sparse_shape: Sequence[int], stride: int) -> Tuple[int, int, int]:

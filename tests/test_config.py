@@ -251,3 +251,46 @@ def test_loss_config_of_shipped_configs():
     assert resolve_loss_config(cfg_from_yaml_file(REPO / PRETRAIN)) == {
         "RMAE_WEIGHT": 1.0, "TEACHER_STUDENT_WEIGHT": 0.0, "DETECTION_WEIGHT": 1.0}
     assert resolve_loss_config(cfg_from_yaml_file(REPO / FINETUNE))["RMAE_WEIGHT"] == 0.0
+
+
+# ----------------------------------------------------------------------------- one parser per section
+def test_section_parsers_take_their_defaults_from_the_dataclass():
+    """An empty section gives exactly the dataclass defaults (written once, in the dataclass)."""
+    from pcdet_rmae_ts.losses import PHASE2_SECTIONS, phase2_configs
+    from pcdet_rmae_ts.masking import MaskingConfig, masking_config_from_cfg
+    from pcdet_rmae_ts.models.backbone import TeacherConfig
+    from pcdet_rmae_ts.occupancy import OccupancyConfig, occupancy_config_from_cfg
+
+    assert masking_config_from_cfg(EasyDict()) == MaskingConfig()
+    assert occupancy_config_from_cfg(None) == OccupancyConfig() == occupancy_config_from_cfg({})
+    assert TeacherConfig.from_cfg(EasyDict()) == TeacherConfig()
+    configs = phase2_configs({}, {})
+    assert all(configs[s] == cls() for s, (_, cls, _) in PHASE2_SECTIONS.items())
+
+
+def test_dataclass_from_section_reads_keys_converts_and_refuses_unknown_ones():
+    import dataclasses
+
+    from pcdet_rmae_ts.config import dataclass_from_section, section_keys
+
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        size: int = 3
+        scales: tuple = ("a",)
+        ratio: float = dataclasses.field(default=0.5, metadata={"key": "THE_RATIO"})
+        derived: float = dataclasses.field(default=1.0, metadata={"derived": True})
+
+    assert section_keys(Section) == ("SIZE", "SCALES", "THE_RATIO")
+    got = dataclass_from_section(Section, {"SIZE": "7", "SCALES": ["b", "c"], "THE_RATIO": 1}, key_path="X",
+                                 derived=2.0)
+    assert got == Section(size=7, scales=("b", "c"), ratio=1.0, derived=2.0) and isinstance(got.ratio, float)
+    with pytest.raises(ConfigError, match=r"X\.RATIO.*did you mean 'THE_RATIO'"):
+        dataclass_from_section(Section, {"RATIO": 1}, key_path="X")
+    assert dataclass_from_section(Section, {"OTHER": 1}, key_path="X", check_unknown=False) == Section()
+
+
+def test_occupancy_decoder_unknown_key_names_the_nearest():
+    from pcdet_rmae_ts.occupancy import occupancy_config_from_cfg
+
+    with pytest.raises(ConfigError, match=r"OCCUPANCY_DECODER\.STRIDES.*did you mean 'STRIDE'"):
+        occupancy_config_from_cfg({"STRIDES": 4})

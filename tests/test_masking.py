@@ -398,7 +398,7 @@ def test_config_keys_and_alias():
         masking_config_from_cfg(EasyDict(MASKING_TARGET="points"))
     with pytest.raises(ValueError, match="must equal 360"):
         masking_config_from_cfg(EasyDict(NUM_ANGULAR_GROUPS=30, ANGULAR_GROUP_SIZE=10))
-    with pytest.raises(ValueError, match="unknown band"):
+    with pytest.raises(ValueError, match=r"RANGE_MASK_PROBS\.FARR.*did you mean 'FAR'"):
         masking_config_from_cfg(EasyDict(RANGE_MASK_PROBS={"NEAR": 0.5, "FARR": 0.9}))
 
 

@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional
 
 from torch import nn
 
-from ..config import check_known_keys
+from ..config import dataclass_from_section
 from .frame_contrast import FrameContrastConfig, FrameContrastLoss
 from .mlfr import MLFRConfig, MLFRLoss
 from .voxel_contrast import VoxelContrastConfig, VoxelContrastLoss
@@ -44,14 +44,7 @@ def parse_section(section: str, values: Optional[Mapping], loss_cfg: Mapping):
     """Validated config dataclass of one Phase 2 section (unknown key -> error naming the nearest)."""
     _, cls, weight_key = PHASE2_SECTIONS[section]
     values = dict(values or {})
-    check_known_keys(values, cls.KEYS, key_path=f"MODEL.BACKBONE_3D.{section}")
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        key = field.name.upper()
-        if key in values:
-            default = field.default
-            kwargs[field.name] = tuple(values[key]) if isinstance(default, tuple) else type(default)(values[key])
-    cfg = cls(**kwargs)
+    cfg = dataclass_from_section(cls, values, key_path=f"MODEL.BACKBONE_3D.{section}")
     weight = _resolve_weight(section, values.get("WEIGHT"), loss_cfg.get(weight_key), cfg.weight)
     if weight < 0:
         raise ValueError(f"{section} weight must be >= 0, got {weight}")

@@ -26,8 +26,6 @@ class FrameContrastConfig:
     tau: float = 0.2
     allow_single: bool = False
 
-    KEYS = ("ENABLED", "WEIGHT", "TAU", "ALLOW_SINGLE")
-
 
 def mean_pool(features: torch.Tensor, batch: torch.Tensor, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(B, C) mean of (N, C) rows per sample and (B,) row counts."""

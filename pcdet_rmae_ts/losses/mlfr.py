@@ -36,8 +36,6 @@ class MLFRConfig:
     masked_site_weight: float = 2.0
     decoder_kernel: int = 3
 
-    KEYS = ("ENABLED", "WEIGHT", "SCALES", "TARGET_NORM", "LOSS_TYPE", "MASKED_SITE_WEIGHT", "DECODER_KERNEL")
-
 
 def normalise_target(target: torch.Tensor, how: str) -> torch.Tensor:
     """Per-site normalisation of (M, C) teacher features (detached, float32)."""

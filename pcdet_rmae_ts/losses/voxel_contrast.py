@@ -28,8 +28,6 @@ class VoxelContrastConfig:
     tau: float = 0.2
     neg_radius: float = 0.0
 
-    KEYS = ("ENABLED", "WEIGHT", "NUM_SAMPLES", "TAU", "NEG_RADIUS")
-
 
 def sample_per_scene(batch: torch.Tensor, num_samples: int, batch_size: int,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:

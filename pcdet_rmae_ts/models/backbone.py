@@ -9,9 +9,8 @@ the student itself, no gradient) encodes the complete voxels.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone_keys import VALID_KEYS
-from ..config import resolve_loss_config
+from ..config import dataclass_from_section, nearest_key, resolve_loss_config
 from ..heads import projection_head
 from ..masking import RadialMasker, masking_config_from_cfg
 from ..occupancy import (
@@ -40,12 +39,15 @@ from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
 logger = logging.getLogger(__name__)
 
 
+ENCODER_ARGS = {"CHANNELS": "channels", "OUT_CHANNEL": "out_channel", "SPCONV_KERNEL_SIZES": "kernel_sizes"}
+
+
 def check_backbone_keys(model_cfg, where: str = "MODEL.BACKBONE_3D") -> None:
     """Raise a clear error for a key this backbone does not know (typos would silently do nothing)."""
     for key in model_cfg:
         if key not in VALID_KEYS:
-            near = difflib.get_close_matches(key, VALID_KEYS, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            near = nearest_key(key, VALID_KEYS)
+            hint = f" Did you mean '{near}'?" if near else ""
             raise ValueError(f"{where}.{key} is not a key of RMAECMAEBackbonePhase1.{hint} "
                              f"Valid keys: {', '.join(VALID_KEYS)}.")
 
@@ -65,10 +67,12 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    enabled: bool = False
-    kind: str = "identical"
-    momentum: float = 0.996
-    log_interval: int = 50
+    """Teacher-student keys of ``BACKBONE_3D`` (flat, beside the other components' keys)."""
+
+    enabled: bool = field(default=False, metadata={"key": "ENABLE_TEACHER_STUDENT"})
+    kind: str = field(default="identical", metadata={"key": "TEACHER_BACKBONE_TYPE"})
+    momentum: float = field(default=0.996, metadata={"key": "TEACHER_MOMENTUM"})
+    log_interval: int = field(default=50, metadata={"key": "TEACHER_LOG_INTERVAL"})
     feature_dim: int = 128
 
     def __post_init__(self):
@@ -81,11 +85,8 @@ class TeacherConfig:
 
     @classmethod
     def from_cfg(cls, model_cfg) -> "TeacherConfig":
-        return cls(enabled=bool(model_cfg.get("ENABLE_TEACHER_STUDENT", False)),
-                   kind=str(model_cfg.get("TEACHER_BACKBONE_TYPE", "identical")),
-                   momentum=float(model_cfg.get("TEACHER_MOMENTUM", 0.996)),
-                   log_interval=int(model_cfg.get("TEACHER_LOG_INTERVAL", 50)),
-                   feature_dim=int(model_cfg.get("FEATURE_DIM", 128)))
+        # the flat BACKBONE_3D section is shared with other components; check_backbone_keys checks it
+        return dataclass_from_section(cls, model_cfg, key_path="MODEL.BACKBONE_3D", check_unknown=False)
 
 
 def without_indice_tables(encoded: dict) -> dict:
@@ -107,10 +108,9 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
     def __init__(self, model_cfg, input_channels: int, grid_size: Sequence[int],
                  voxel_size: Sequence[float], point_cloud_range: Sequence[float], **kwargs):
         check_backbone_keys(model_cfg)
-        super().__init__(input_channels=input_channels, grid_size=grid_size,
-                         channels=model_cfg.get("CHANNELS", [16, 32, 64, 128, 128]),
-                         out_channel=model_cfg.get("OUT_CHANNEL", 128),
-                         kernel_sizes=model_cfg.get("SPCONV_KERNEL_SIZES", [3, 3, 3, 3]))
+        # absent keys keep VoxelNeXtEncoder's defaults (written once, in its signature)
+        encoder_kwargs = {arg: model_cfg[key] for key, arg in ENCODER_ARGS.items() if key in model_cfg}
+        super().__init__(input_channels=input_channels, grid_size=grid_size, **encoder_kwargs)
         self.model_cfg = model_cfg
         self.voxel_size = [float(v) for v in voxel_size]
         self.point_cloud_range = [float(v) for v in point_cloud_range]
