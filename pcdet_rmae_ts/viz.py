@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -312,36 +311,6 @@ class Series:
     values: np.ndarray
 
 
-def iter_tfrecords(path: Path) -> Iterator[bytes]:
-    """Payloads of a TFRecord file (u64 length, u32 crc, data, u32 crc); a truncated tail
-    (a run still writing) ends the iteration. CRCs are not checked."""
-    with open(path, "rb") as handle:
-        while True:
-            header = handle.read(12)
-            if len(header) < 12:
-                return
-            (length,) = struct.unpack("<Q", header[:8])
-            data = handle.read(length)
-            if len(data) < length or len(handle.read(4)) < 4:
-                return
-            yield data
-
-
-def _event_scalars(path: Path) -> Iterator[Tuple[str, int, float]]:
-    from tensorboardX.proto import event_pb2
-
-    for record in iter_tfrecords(path):
-        event = event_pb2.Event()
-        event.ParseFromString(record)
-        if not event.HasField("summary"):
-            continue
-        for value in event.summary.value:
-            if value.HasField("simple_value"):
-                yield value.tag, int(event.step), float(value.simple_value)
-            elif value.HasField("tensor") and len(value.tensor.float_val) == 1:
-                yield value.tag, int(event.step), float(value.tensor.float_val[0])
-
-
 def event_files(logdir: Path) -> List[Path]:
     """Event files under ``logdir`` (recursively), oldest first (their names start with a timestamp)."""
     logdir = Path(logdir)
@@ -365,34 +334,29 @@ def _to_series(points: Dict[str, Dict[int, float]]) -> Dict[str, Series]:
     return out
 
 
-def _read_with_tensorboard(files: Sequence[Path]) -> Optional[Dict[str, Series]]:
+def _event_accumulator():
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:
-        return None
-    points: Dict[str, Dict[int, float]] = {}
-    for path in files:
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
-    return _to_series(points)
+    except ImportError as err:
+        raise ImportError("Reading training curves needs tensorboard's event reader, which is not installed: "
+                          "pip install 'pcdet_rmae_ts[viz]' (or pip install tensorboard).") from err
+    return EventAccumulator
 
 
 def read_scalars(logdir: Path) -> Dict[str, Series]:
-    """Every scalar tag of the event files under ``logdir``. Uses tensorboard's EventAccumulator
-    when installed, else a small TFRecord reader; a step logged twice (resumed run) keeps the
-    value written last."""
+    """Every scalar tag of the event files under ``logdir``, read with tensorboard's EventAccumulator
+    (a truncated tail of a run still writing is skipped). A step logged twice (resumed run) keeps the
+    value written last; earlier steps are kept too (no tensorboard-style purge of "orphaned" steps)."""
     files = event_files(logdir)
     if not files:
         raise FileNotFoundError(f"No {EVENT_GLOB} files under {logdir}.")
-    series = _read_with_tensorboard(files)
-    if series is not None:
-        return series
+    accumulator = _event_accumulator()
     points: Dict[str, Dict[int, float]] = {}
     for path in files:
-        for tag, step, value in _event_scalars(path):
-            points.setdefault(tag, {})[step] = value
+        acc = accumulator(str(path), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
     return _to_series(points)
 
 
@@ -494,5 +458,5 @@ def similarity_figure(scalars: Dict[str, Series], title: str = "") -> Optional[F
 __all__ = ["SampleMask", "Series", "sample_mask", "occupied_sectors", "achieved_ratios", "bev_labels",
            "masking_bev_figure", "backbone_mask_figure", "snapshot_mask_figure", "masked_cells", "confusion_columns",
            "voxel_precision_recall", "column_confusion_image", "occupancy_figure", "read_scalars",
-           "iter_tfrecords", "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
+           "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
            "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR", "METRIC_PANELS"]

@@ -1,5 +1,5 @@
 """Pictures: the visualisation tool on the built-in dataset, curves from a real run's event
-files, the tfevents reader, the BEV raster and confusion maps against references, the engine hook."""
+files (read with tensorboard), the BEV raster and confusion maps against references, the engine hook."""
 from __future__ import annotations
 
 import importlib.util
@@ -101,7 +101,13 @@ def test_tool_voxelises_on_the_device_like_training(short_run, tmp_path):
     np.testing.assert_array_equal(voxels["True"][1], voxels["False"][1])
 
 
+def needs_tensorboard():
+    pytest.importorskip("tensorboard", reason="training curves are read with tensorboard's event reader: "
+                                              "pip install '.[viz]' (CI installs it with '.[dev]')")
+
+
 def test_curves_from_real_run(short_run):
+    needs_tensorboard()
     _, run = short_run
     scalars = viz.read_scalars(run / "tensorboard")
     for tag in ("train/loss", "train/loss_rmae", "train/mask_ratio", "train/mask_sector_fraction",
@@ -119,6 +125,7 @@ def test_curves_from_real_run(short_run):
 
 
 def test_tfevents_reader_round_trip(tmp_path):
+    needs_tensorboard()
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(tmp_path))
@@ -137,6 +144,13 @@ def test_tfevents_reader_round_trip(tmp_path):
     np.testing.assert_allclose(series.values, expected)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         viz.read_scalars(tmp_path / "missing")
+
+
+def test_reading_curves_without_tensorboard_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_accumulator", None)
+    with pytest.raises(ImportError, match=r"pip install 'pcdet_rmae_ts\[viz\]'"):
+        viz.read_scalars(tmp_path)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
