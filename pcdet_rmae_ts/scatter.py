@@ -20,8 +20,8 @@ def bin_sum(index: torch.Tensor, size: int, weights: Optional[torch.Tensor] = No
     (size, K) for (N, K) weights.
 
     A scatter_add of ~1M rows into a few bins (samples, bands) serialises on the atomics of
-    those few addresses (~1 ms each on an H100); spreading each bin over 256 lanes, then
-    summing the lanes, removes the contention without a host sync (torch.bincount syncs)."""
+    those few addresses; spreading each bin over 256 lanes, then summing the lanes, removes the
+    contention without a host sync (torch.bincount syncs). Timings: benchmarks/README.md."""
     lanes = 256
     values = torch.ones_like(index, dtype=torch.float32) if weights is None else weights.float()
     lane = torch.arange(index.shape[0], device=index.device) % lanes

@@ -63,7 +63,7 @@ def collate_as_tensors(collate: Any, batch_list: list) -> dict:
 
     Worker processes hand tensors to the main process through shared memory, numpy arrays through
     a pickle pipe; at the user's grid a batch of 8 is ~120 MB, and the copy was the loader's
-    bottleneck (2 workers on 2 CPU cores: 8.2 -> 11.1 frames/s)."""
+    bottleneck (measurements in benchmarks/README.md)."""
     batch = collate(batch_list)
     return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" else value
             for key, value in batch.items()}

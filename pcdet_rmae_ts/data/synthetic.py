@@ -5,24 +5,22 @@ plane, solid oriented boxes of the four classes (dumptruck, excavator, grader, r
 (stockpiles as half-buried ellipsoids, shipping containers); nearest hit wins, so objects cast
 occlusion shadows. Range noise, intensity (reflectivity x incidence) and random dropout follow.
 
-Profiles. Measured on the 16-core GPU host, one process with one BLAS/OpenMP thread, rng seeds
-(0, 0)-(0, 7); voxels at the ISARC grid (POINT_CLOUD_RANGE [-70.4, -70.4, -6, 70.4, 70.4, 10],
-VOXEL_SIZE [0.1, 0.1, 0.2]):
+Profiles (rng seeds (0, 0)-(0, 7); voxels at the ISARC grid, POINT_CLOUD_RANGE
+[-70.4, -70.4, -6, 70.4, 70.4, 10], VOXEL_SIZE [0.1, 0.1, 0.2]; generation times in
+benchmarks/README.md):
 
-* 'demo': 32 beams, 0.4 deg azimuth, 40 m; ~21k points, 14.3k-15.8k voxels, 0.05 s per frame.
+* 'demo': 32 beams, 0.4 deg azimuth, 40 m; ~21k points, 14.3k-15.8k voxels.
 * 'dense': 128 beams (Pandar128-like elevations), 0.1 deg azimuth, 70 m, 12-18 objects; ~340k
-  points, 89k-134k voxels (mean 117k, below MAX_NUMBER_OF_VOXELS 150000), 0.82 s per frame
-  (0.71-0.97).
+  points, 89k-134k voxels (mean 117k, below MAX_NUMBER_OF_VOXELS 150000).
 * 'hard': the dense sensor, for label-efficiency experiments: 14-22 objects anywhere from 5 to
   68 m (uniform in area, so most are far and sparse), sizes jittered 10 % beyond the class ranges,
   random heading; about a third of the objects get an occluder on their line of sight (partly
   visible); 30-44 clutter and unlabelled distractors, among them machine-sized boxes whose size
   falls outside every class range, 20/40 ft containers (a third stacked) and site walls. Objects
   with fewer than 5 returns are not labelled (9-15 labels per frame, farthest at 68 m). ~363k
-  points, 82k-108k voxels (mean 100k), 0.87 s per frame (0.77-1.09).
+  points, 82k-108k voxels (mean 100k).
 
-With ``--workers 16`` on that host, 256 dense frames took 22 s (8 workers: 34 s; the files are the
-same), so 1000 dense frames take about 1.5 minutes.
+``--workers N`` generates frames in N processes; the files are the same as with one.
 
 Every frame has at least one labelled object (OpenPCDet's CustomDataset.get_label cannot read an
 empty label file): a scene without one is drawn again from the same frame generator.

@@ -44,9 +44,8 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int, **op
     The BN running statistics (hundreds of small buffers, student and EMA teacher) are not used by
     train-mode forwards, so they need not be broadcast before every forward; the trainer gives every
     rank rank 0's buffers at each epoch end instead (``Trainer._sync_buffers``), before checkpoints
-    are written. (On 2 H100s the broadcast's cost was within the run-to-run noise; see
-    benchmarks/README.md.) ``options``: more DistributedDataParallel keywords (the DDP benchmark
-    tries some)."""
+    are written (the broadcast's measured cost: benchmarks/README.md). ``options``: more
+    DistributedDataParallel keywords (the DDP benchmark tries some)."""
     ddp = torch.nn.parallel.DistributedDataParallel
     # torch >= 2.13 renames the switch (and still syncs buffers once at construction, which is fine here)
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters

@@ -32,8 +32,8 @@ from .logging_utils import create_logger
 from .run_lock import RunLock
 from .trainer import LoopConfig, Trainer, TrainState
 
-# At the user's grid one worker reads, augments and crops ~25 frames/s on an H100 host's core
-# (benchmarks/README.md): OpenPCDet's default of 4 barely feeds an AMP pretraining step (~110 frames/s).
+# At the user's grid OpenPCDet's default of 4 loader workers does not feed an AMP pretraining step
+# (measurements in benchmarks/README.md).
 MAX_DEFAULT_WORKERS = 8
 
 

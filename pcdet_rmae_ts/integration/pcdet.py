@@ -247,7 +247,7 @@ def choose_worker_start_method(environ: Optional[Mapping[str, str]] = None) -> O
     """Set the multiprocessing start method before OpenPCDet's ``init_dist_pytorch`` does.
 
     OpenPCDet sets ``spawn`` when none is set, so every DataLoader worker of every epoch starts a fresh
-    interpreter that re-imports pcdet (about 20 s each on a GPU host; minutes per epoch start). ``fork``
+    interpreter that re-imports pcdet (slow epoch starts: benchmarks/README.md). ``fork``
     (Linux's default, what OpenPCDet's single-process path uses) inherits the imported modules; the
     workers only read and augment point clouds, never touch CUDA. ``$PCDET_RMAE_TS_START_METHOD``
     (``fork``, ``spawn``, ``forkserver``) overrides. Returns the method set, or None if one was set already.
