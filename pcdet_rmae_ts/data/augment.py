@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from ..config import check_known_keys
+
 AugResult = Tuple[np.ndarray, Dict[str, Any]]
 LABEL_AUGMENTORS = ("gt_sampling",)
 _LOG = logging.getLogger(__name__)
@@ -91,13 +93,8 @@ AUGMENTORS: dict[str, tuple[Callable[..., AugResult], dict[str, str]]] = {
 def _build_one(entry: Mapping[str, Any], key: str) -> Callable[..., AugResult]:
     name = entry["NAME"]
     func, keys = AUGMENTORS[name]
-    kwargs = {}
-    for cfg_key, value in entry.items():
-        if cfg_key == "NAME":
-            continue
-        if cfg_key not in keys:
-            raise ValueError(f"{key}: unknown key {cfg_key!r} for {name}; valid keys: {sorted(keys)}")
-        kwargs[keys[cfg_key]] = value
+    check_known_keys(entry, ("NAME",) + tuple(keys), key_path=key)
+    kwargs = {keys[cfg_key]: value for cfg_key, value in entry.items() if cfg_key != "NAME"}
     return functools.partial(func, **kwargs)
 
 
