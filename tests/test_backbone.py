@@ -176,7 +176,7 @@ def test_eval_mode_encodes_complete_voxels(pretrain_cfg):
 def test_unknown_key_names_the_nearest_valid_key(pretrain_cfg):
     cfg = small(pretrain_cfg)
     cfg["MASKED_RATIOS"] = 0.5
-    with pytest.raises(ValueError, match="MASKED_RATIOS.*Did you mean 'MASKED_RATIO'"):
+    with pytest.raises(ValueError, match="MASKED_RATIOS.*did you mean 'MASKED_RATIO'"):
         build(cfg)
 
 

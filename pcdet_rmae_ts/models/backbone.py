@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone_keys import VALID_KEYS
-from ..config import dataclass_from_section, nearest_key, resolve_loss_config
+from ..config import check_known_keys, dataclass_from_section, resolve_loss_config
 from ..heads import projection_head
 from ..masking import RadialMasker, masking_config_from_cfg
 from ..occupancy import (
@@ -43,13 +43,9 @@ ENCODER_ARGS = {"CHANNELS": "channels", "OUT_CHANNEL": "out_channel", "SPCONV_KE
 
 
 def check_backbone_keys(model_cfg, where: str = "MODEL.BACKBONE_3D") -> None:
-    """Raise a clear error for a key this backbone does not know (typos would silently do nothing)."""
-    for key in model_cfg:
-        if key not in VALID_KEYS:
-            near = nearest_key(key, VALID_KEYS)
-            hint = f" Did you mean '{near}'?" if near else ""
-            raise ValueError(f"{where}.{key} is not a key of RMAECMAEBackbonePhase1.{hint} "
-                             f"Valid keys: {', '.join(VALID_KEYS)}.")
+    """Raise a clear error (ConfigError) for a key this backbone does not know (typos would silently do
+    nothing), naming the nearest valid key."""
+    check_known_keys(model_cfg, VALID_KEYS, key_path=where)
 
 
 @dataclass(frozen=True)
