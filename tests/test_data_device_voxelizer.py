@@ -27,15 +27,22 @@ DATA_PROCESSOR:
 """
 
 
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vox") / "demo"
-    write_dataset(root, 4, seed=3)
+def _dataset_pair(tmp_path_factory, name, frames, seed, max_voxels=None):
+    """The same frames voxelised in the loader and deferred to the device (VOXELIZE_ON_DEVICE)."""
+    root = tmp_path_factory.mktemp(name) / "demo"
+    write_dataset(root, frames, seed=seed)
     cfg = EasyDict(yaml.safe_load(CFG))
     cfg.DATA_PATH = str(root)
+    if max_voxels is not None:
+        cfg.DATA_PROCESSOR[2].MAX_NUMBER_OF_VOXELS = {"train": max_voxels, "test": max_voxels}
     deferred = copy.deepcopy(cfg)
     deferred.VOXELIZE_ON_DEVICE = True
     return PretrainDataset(cfg, None, training=False), PretrainDataset(deferred, None, training=False)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    return _dataset_pair(tmp_path_factory, "vox", frames=4, seed=3)
 
 
 def _per_voxel(coords, voxels, counts):
@@ -65,14 +72,7 @@ def test_batch_voxelisation_equals_per_sample(datasets):
 @pytest.fixture(scope="module")
 def capped_datasets(tmp_path_factory):
     """MAX_NUMBER_OF_VOXELS far below a synthetic frame's voxel count: the cap decides what is kept."""
-    root = tmp_path_factory.mktemp("vox_cap") / "demo"
-    write_dataset(root, 3, seed=5)
-    cfg = EasyDict(yaml.safe_load(CFG))
-    cfg.DATA_PATH = str(root)
-    cfg.DATA_PROCESSOR[2].MAX_NUMBER_OF_VOXELS = {"train": 700, "test": 700}
-    deferred = copy.deepcopy(cfg)
-    deferred.VOXELIZE_ON_DEVICE = True
-    return PretrainDataset(cfg, None, training=False), PretrainDataset(deferred, None, training=False)
+    return _dataset_pair(tmp_path_factory, "vox_cap", frames=3, seed=5, max_voxels=700)
 
 
 def test_the_cap_is_per_sample_and_keeps_what_per_sample_voxelisation_keeps(capped_datasets):

@@ -84,14 +84,14 @@ def test_loss_averages_per_sample_then_batch_hand_computed():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("pos_weight, gamma", [(None, 0.0), (3.0, 0.0), (None, 2.0), (0.5, 1.5)])
-@pytest.mark.parametrize("valid_kind", ["none", "shared", "per_sample"])
+@pytest.mark.parametrize("valid_kind", ["none", "broadcast", "per_sample"])
 def test_loss_equals_slow_reference(seed, pos_weight, gamma, valid_kind):
     gen = torch.Generator().manual_seed(seed)
     shape = (3, 2, 3, 5)
     logits = torch.randn(shape, generator=gen) * 3
     target = (torch.rand(shape, generator=gen) < 0.3).float()
     valid = None
-    if valid_kind == "shared":  # what the backbone passes: (1, Z', Y', X'), the in-range cells
+    if valid_kind == "broadcast":  # what the backbone passes: (1, Z', Y', X'), the in-range cells
         valid = torch.rand((1,) + shape[1:], generator=gen) < 0.6
     elif valid_kind == "per_sample":  # different counts per sample; sample 2 has no valid cell at all
         valid = torch.rand(shape, generator=gen) < torch.tensor([0.8, 0.2, 0.0])[:, None, None, None]
