@@ -90,9 +90,12 @@ def test_the_cap_is_per_sample_and_keeps_what_per_sample_voxelisation_keeps(capp
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_dense_frame_does_not_take_a_later_frames_voxels(datasets, seed):
-    """Sample 0 holds 3x the cap, sample 1 half of it: before, the batch-wide cap (2 x cap) kept 2 x cap
-    voxels of sample 0 and dropped sample 1's. Now: the first `cap` voxels of 0 (point order), all of 1."""
+@pytest.mark.parametrize("dense_caps", [3.0, 1.25])
+def test_a_dense_frame_does_not_take_a_later_frames_voxels(datasets, seed, dense_caps):
+    """Sample 0 holds 3x (or 1.25x) the cap, sample 1 half of it. At 3x the batch-wide buffer (2 x cap)
+    fills up, and before it kept 2 x cap voxels of sample 0 and dropped sample 1's; at 1.25x it does not
+    fill, and sample 0 kept all its voxels. Now, either way: the first `cap` voxels of 0 (point order),
+    all of 1."""
     _, deferred = datasets
     cap = 40
     voxelizer = BatchVoxelizer(deferred.voxel_size, deferred.point_cloud_range, deferred.grid_size, 4, 5, cap)
@@ -104,7 +107,7 @@ def test_a_dense_frame_does_not_take_a_later_frames_voxels(datasets, seed):
         y = (cells // 256).float() * 0.2 - 25.6 + 0.1
         return torch.stack([x, y, torch.full_like(x, 0.1), torch.rand(n, generator=gen)], 1)
 
-    dense, sparse = distinct_cells(3 * cap), distinct_cells(cap // 2)
+    dense, sparse = distinct_cells(int(dense_caps * cap)), distinct_cells(cap // 2)
     dense = torch.cat([dense, dense[:10] + torch.tensor([0.05, 0.05, 0.0, 0.0])])  # repeats: no new voxels
     points = torch.cat([torch.cat([torch.zeros(len(dense), 1), dense], 1),
                         torch.cat([torch.ones(len(sparse), 1), sparse], 1)])

@@ -88,21 +88,23 @@ class BatchVoxelizer:
         batch = batch[points[:, 1] < r[0] + width]
         shifted = feats.clone()
         shifted[:, 0] += batch.to(feats.dtype) * width
-        capped = shifted.shape[0] > self.max_voxels  # only then can a sample exceed the cap (no host sync)
-        if capped:
-            shifted = shifted[self._first_voxels_per_sample(shifted, batch_size)]
-        voxels, coords, counts = self._generator(batch_size, points.device)(shifted)
+        generator = self._generator(batch_size, points.device)
+        voxels, coords, counts = generator(shifted)
+        if coords.shape[0] >= batch_size * self.max_voxels:
+            # the batch-wide cap was reached, so a sample may have been cut short by an earlier one:
+            # voxelise again from each sample's own first voxels (rare: costs a unique over the points)
+            voxels, coords, counts = generator(shifted[self._first_voxels_per_sample(shifted, batch_size)])
         sample = torch.div(coords[:, 2], self.grid_size[0], rounding_mode="floor")
-        if capped:  # a point on a cell boundary may round differently from spconv: hold the cap exactly
-            keep = rank_in_order(sample, batch_size) < self.max_voxels
-            voxels, coords, counts, sample = voxels[keep], coords[keep], counts[keep], sample[keep]
+        # each sample keeps its first MAX_NUMBER_OF_VOXELS voxels (PointToVoxel lists voxels in order of
+        # their first point, as per-sample voxelisation keeps them); exact also for a boundary point
+        keep = rank_in_order(sample, batch_size) < self.max_voxels
+        voxels, coords, counts, sample = voxels[keep], coords[keep], counts[keep], sample[keep]
         coords = torch.stack([sample, coords[:, 0], coords[:, 1], coords[:, 2] - sample * self.grid_size[0]], 1)
         # PointToVoxel stores the shifted x; give MeanVFE the sample's own coordinates back
         num = counts.clamp(min=1)
         valid = torch.arange(voxels.shape[1], device=voxels.device)[None, :] < num[:, None]
         voxels[:, :, 0] -= (sample.to(voxels.dtype) * width)[:, None] * valid
         return {"voxels": voxels, "voxel_coords": coords.int(), "voxel_num_points": counts.int()}
-
 
 
 def rank_in_order(sample: torch.Tensor, batch_size: int) -> torch.Tensor:
