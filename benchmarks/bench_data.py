@@ -3,15 +3,16 @@
 Generates (or reuses) a dense-profile synthetic dataset, then measures frames/s of one process
 (`PretrainDataset.__getitem__` in a loop = what one DataLoader worker delivers) and of a DataLoader
 with N workers. Usage (package installed, or PYTHONPATH=.):
-``python benchmarks/bench_data.py [--frames 16] [--workers 0 2] [--out r.json]``.
+``python benchmarks/bench_data.py [--frames 16] [--workers 0 2] [--out FILE|DIR|-]`` (default: the run is
+added to ``benchmarks/results/data_<card>.json``, card = the CUDA device if there is one, else 'CPU <n>-core').
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ import torch
 from pcdet_rmae_ts.data import PretrainDataset, build_dataloader
 from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer
 from pcdet_rmae_ts.data.synthetic import ensure_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 _LOG = logging.getLogger("bench_data")
 CLASSES = ["dumptruck", "excavator", "grader", "roller"]
@@ -135,7 +139,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs")
-    parser.add_argument("--out", default=None, help="write results as JSON here")
+    add_out_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     data = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "pcdet_rmae_ts_bench_dense"
@@ -152,9 +156,8 @@ def main() -> None:
         name = f"DataLoader workers={row['workers']} bs={row['batch_size']}"
         lines.append(f"{name:<28}{row['frames_per_s']:>10.2f}{row['frames_per_s_per_worker']:>18.2f}")
     print("\n".join(lines))  # the table is this tool's output
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        _LOG.info("Wrote %s", args.out)
+    card = card_name(torch.device("cuda") if torch.cuda.is_available() else None)
+    append_run(args.out, "data", card, results, label=args.label)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Run once without torchrun (one GPU, the reference), then with torchrun on N GPUs
 its own shard of the frames with the engine's ``Trainer.train_step`` inside DistributedDataParallel,
 prints its losses' finiteness and a checksum of its EMA teacher (parameters and buffers), and rank 0
 compares the checksums across ranks. Usage (PYTHONPATH=.):
-  python benchmarks/bench_ddp.py --out r1.json
-  torchrun --nproc_per_node 2 benchmarks/bench_ddp.py --out r2.json
+  python benchmarks/bench_ddp.py
+  torchrun --nproc_per_node 2 benchmarks/bench_ddp.py
+(rank 0 adds each run to ``benchmarks/results/ddp_<card>.json``; ``--out`` picks another file or folder).
 Diagnostics for a scaling shortfall: ``--independent`` (each torchrun process trains alone, no
 gradient all-reduce: what N processes on one host cost without communication), ``--same-data``
 (every rank trains the same batches with the same masks: no load imbalance between ranks),
@@ -31,6 +32,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain import Timer, build_model, data_cfg, make_trainer, profile_steps, row_config, write_frames  # noqa: E402
+from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 from pcdet_rmae_ts.engine.dist import wrap_ddp  # noqa: E402
 from pcdet_rmae_ts.engine.trainer import TrainState  # noqa: E402
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--ddp-options", default="{}", help="JSON dict of DistributedDataParallel keywords")
     parser.add_argument("--profile", default=None, help="folder for per-rank torch.profiler tables")
     parser.add_argument("--set-device", action="store_true", help="torch.cuda.set_device also without torchrun")
-    parser.add_argument("--out", default=None)
+    add_out_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("bench_pretrain.quiet").setLevel(logging.WARNING)
@@ -148,8 +150,7 @@ def main() -> None:
                   "teacher_buffers_identical": len({tuple(g["teacher_buffers"]) for g in gathered}) == 1,
                   "losses_finite": all(g["losses_finite"] for g in gathered)}
         print(json.dumps({k: v for k, v in result.items() if k != "ranks"}), flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2))
+        append_run(args.out, "ddp", card_name(device), result, label=args.label)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()

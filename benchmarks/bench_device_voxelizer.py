@@ -4,12 +4,13 @@ At the user's grid (dense synthetic frames), in the same run: frames/s of the tr
 (default 4 workers, batch 8) when the workers voxelise, frames/s when they only read/augment/crop,
 and the device time of voxelising one collated batch with BatchVoxelizer.
 
-    PYTHONPATH=. python benchmarks/bench_device_voxelizer.py [--data DIR] [--workers 4] [--out r.json]
+    PYTHONPATH=. python benchmarks/bench_device_voxelizer.py [--data DIR] [--workers 4] [--out FILE|DIR|-]
+
+Each run is added to ``benchmarks/results/device_voxelizer_<card>.json`` unless ``--out`` says otherwise.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import bench_loaders, isarc_cfg  # noqa: E402
+from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 from pcdet_rmae_ts.data.synthetic import write_dataset  # noqa: E402
 
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", default=None)
+    add_out_argument(parser)
     args = parser.parse_args()
     data = Path(args.data or tempfile.mkdtemp()) / "dense"
     if not (data / "ImageSets").exists():
@@ -41,8 +43,8 @@ def main() -> None:
         print(f"loader, voxelisation {mode:<12}{value:>10.1f} frames/s")
     print(f"device voxelisation of a batch: {result['device_voxelize_ms_per_batch']:.2f} ms")
     print(f"points-only loader / voxelising loader: {fps['on device'] / fps['in workers']:.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), **vars(args), **result}, indent=2))
+    append_run(args.out, "device_voxelizer", card_name(device), {"device": str(device), **vars(args), **result},
+               label=args.label)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,8 @@ Usage (package installed, or PYTHONPATH=.): ``python benchmarks/bench_phase2_cos
 [--device cpu] [--data-path /tmp/rmae_demo]``. Phases alternate step by step so that machine load
 hits both alike. A third run, Phase 1 with the teacher forward every step, separates the cost of
 the teacher's complete-scene forward (which Phase 2 needs every step) from the losses.
-Reports the median wall and CPU (process) seconds per step.
+Reports the median wall and CPU (process) seconds per step, and adds the run to
+``benchmarks/results/phase2_cost_<card>.json`` (``--out FILE|DIR``, ``-`` for none).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +26,9 @@ from pcdet_rmae_ts.data.synthetic import ensure_dataset
 from pcdet_rmae_ts.engine.batch import batch_to_device
 from pcdet_rmae_ts.models.backbone import LossWeights
 from pcdet_rmae_ts.models.pretrain_model import PretrainModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 _LOG = logging.getLogger("bench_phase2_cost")
 CONFIGS = {"phase1": "cfgs/demo/rmae_cmae_demo_pretraining.yaml",
@@ -65,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-path", default="/tmp/rmae_demo_bench")
+    add_out_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
@@ -85,6 +92,7 @@ def main() -> None:
     report["extra_cpu_pct"] = 100 * (report["phase2"]["cpu_s"] / report["phase1"]["cpu_s"] - 1)
     report.update(steps=args.steps, device=str(device), threads=torch.get_num_threads())
     print(json.dumps(report, indent=2))  # noqa: T201 (a benchmark's result on stdout)
+    append_run(args.out, "phase2_cost", card_name(device), report, label=args.label)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Rows (each at every batch size and precision, all in one run on the same batches
   5 phase2         the Phase 2 config (teacher-student losses), when pcdet_rmae_ts/losses.py exists
 Every row runs the engine's own ``Trainer.train_step`` (scheduler, autocast, GradScaler, clip,
 AdamW step, EMA update). Usage (PYTHONPATH=.):
-  python benchmarks/bench_pretrain.py --out benchmarks/results/pretrain_h100.json          # GPU, full grid
+  python benchmarks/bench_pretrain.py              # GPU, full grid: a run added to results/pretrain_<card>.json
   python benchmarks/bench_pretrain.py --device cpu --quick --out /tmp/quick.json            # CPU check
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
         sys.path.insert(0, _p)
 
 from bench_data import CLASSES, bench_loaders, isarc_cfg  # noqa: E402
+from results_file import add_out_argument, append_run, card_name, card_slug, results_path  # noqa: E402
 
 from pcdet_rmae_ts.config import cfg_from_yaml_file  # noqa: E402
 from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
@@ -391,8 +392,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="worker counts of the loader benchmark (0: skip)")
     parser.add_argument("--loader-batch", type=int, default=None, help="default 8 (quick: 2)")
     parser.add_argument("--curves", type=int, default=0, help="fp32-vs-AMP demo loss curves over N steps")
-    parser.add_argument("--profile", default=None, help="write a torch.profiler table of 'ema' (largest batch) here")
-    parser.add_argument("--out", default=None, help="write results as JSON here")
+    parser.add_argument("--profile", default=None, help="write a torch.profiler table of 'ema' (largest batch) here; "
+                        "a folder: pretrain_<card>_ema_b<batch>_<precision>_<date>.txt in it "
+                        "(the repository's: benchmarks/results/profiles/)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick
@@ -416,6 +419,9 @@ def main(argv=None) -> dict:
     profile = "demo" if args.quick else "dense"
     data = write_frames(root / f"{profile}_{args.frames}", args.frames, profile)
     cfg = data_cfg(data, args.quick)
+    card = card_name(device)
+    out = results_path(args.out, "pretrain", card)
+    run_id = None
     results: Dict[str, object] = {"env": environment(device), "grid": {
         "point_cloud_range": cfg.POINT_CLOUD_RANGE, "voxel_size": cfg.DATA_PROCESSOR[-1]["VOXEL_SIZE"],
         "profile": profile, "frames": args.frames}, "rows": [], "masking": {}}
@@ -440,9 +446,8 @@ def main(argv=None) -> dict:
                 r.update(batch=b, precision=prec)
                 results["rows"].append(r)
                 _LOG.info("%s", {k: v for k, v in r.items()})
-                if args.out:  # partial results survive a run cut off by a time limit
-                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+                if out:  # partial results survive a run cut off by a time limit (the run is replaced later)
+                    run_id = append_run(out, "pretrain", card, results, label=args.label, run_id=run_id)
         results["masking"][str(b)] = bench_masking(batches, dataset, device, args.warmup, args.steps)
     add_ratios(results["rows"])
     for key, m in results["masking"].items():
@@ -451,9 +456,15 @@ def main(argv=None) -> dict:
                 m[f"share_of_ema_step_{r['precision']}"] = m["masking_plus_targets_ms"] / r["median_ms"]
     if any(w > 0 for w in args.loader_workers):
         results["loader"] = bench_loaders(cfg, [w for w in args.loader_workers if w > 0], args.loader_batch, device)
+    profile_file = None
     if args.profile:
         bmax = max(args.batch_sizes)
-        profile_row("ema", staged[bmax][1], dataset, device, "amp" in args.precisions, Path(args.profile))
+        amp = "amp" in args.precisions
+        profile_file = Path(args.profile)
+        if args.profile.endswith(("/", os.sep)) or profile_file.is_dir():
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            profile_file /= f"pretrain_{card_slug(card)}_ema_b{bmax}_{'amp' if amp else 'fp32'}_{stamp}.txt"
+        profile_row("ema", staged[bmax][1], dataset, device, amp, profile_file)
     if args.curves and device.type == "cuda":
         results["curves"] = loss_curves(device, args.curves, root, min(8, os.cpu_count() or 1))
     report = [f"{results['env']}", f"grid {results['grid']}", table(results["rows"])]
@@ -470,10 +481,10 @@ def main(argv=None) -> dict:
         c = results["curves"]
         report.append(f"curves over {c['steps']} demo steps: {c['summary']}; max |fp32-amp| {c['max_abs_diff']:.4f}")
     print("\n".join(report))  # the table is this tool's output
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float))
-        _LOG.info("Wrote %s", args.out)
+    if out:
+        extra = {"profile": str(profile_file)} if profile_file else {}
+        append_run(out, "pretrain", card, results, label=args.label, run_id=run_id, **extra)
+        _LOG.info("Added the run to %s", out)
     return results
 
 

@@ -4,14 +4,17 @@ One dense synthetic frame (range [-70.4,-70.4,-6,70.4,70.4,10], voxel [0.1,0.1,0
 ~100k+ voxels), the seed pretraining BACKBONE_3D (default VoxelNeXt channels), teacher
 off / identical / ema. Prints a table with each row's ratio to "teacher off".
 
-    PYTHONPATH=. python benchmarks/cpu_backbone_step.py [--repeats 3] [--out results.json]
+    PYTHONPATH=. python benchmarks/cpu_backbone_step.py [--repeats 3] [--out FILE|DIR|-]
+
+Each run is added to ``benchmarks/results/cpu_backbone_step_cpu_<n>core.json`` unless ``--out`` says otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +23,9 @@ from pcdet_rmae_ts.config import cfg_from_yaml_file
 from pcdet_rmae_ts.data.processor import DataProcessor
 from pcdet_rmae_ts.data.synthetic import generate_frame
 from pcdet_rmae_ts.models.backbone import LossWeights, RMAECMAEBackbonePhase1
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 RANGE = np.array([-70.4, -70.4, -6, 70.4, 70.4, 10], dtype=np.float32)
 CFG = "cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml"
@@ -54,7 +60,7 @@ def time_step(model, features, coords, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=str, default=None)
+    add_out_argument(parser)
     args = parser.parse_args()
     features, coords, grid = voxelise(0)
     base_cfg = cfg_from_yaml_file(CFG).MODEL.BACKBONE_3D
@@ -71,9 +77,8 @@ def main() -> None:
     print(f"{'row':<20}{'seconds':>10}{'ratio':>8}")
     for name, seconds in rows:
         print(f"{name:<20}{seconds:>10.2f}{seconds / rows[0][1]:>8.2f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"voxels": int(coords.shape[0]), "rows": dict(rows)}, f, indent=2)
+    append_run(args.out, "cpu_backbone_step", card_name(None), {"voxels": int(coords.shape[0]), "rows": dict(rows)},
+               label=args.label)
 
 
 if __name__ == "__main__":

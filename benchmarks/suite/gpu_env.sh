@@ -2,6 +2,8 @@
 # ../shared/tools/gpu-kit.sh into .gpu-kit/) and put it and the repository on PYTHONPATH.
 [ -d .gpu-site/spconv ] || { mkdir -p .gpu-site && tar -xJf .gpu-kit/kit.tar.xz -C .gpu-site; }
 export PYTHONPATH=$PWD/.gpu-site:$PWD
+# Each benchmark adds its run to $OUT/<benchmark>_<card>.json; back here, add them to the repository's
+# files with: python benchmarks/results_file.py merge <the returned $OUT>/*.json
 export OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
