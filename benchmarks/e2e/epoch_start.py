@@ -6,7 +6,7 @@ the time from "Start training" to the first iteration of each epoch (OpenPCDet l
 every epoch); the run is stopped once "End training" appears (the end-of-training evaluation is
 not part of this measurement). Prints a table and writes JSON.
 
-    python benchmarks/e2e/epoch_start.py --data data/flow_small --out benchmarks/results/epoch_start_h200.json
+    python benchmarks/e2e/epoch_start.py --data data/flow_small --out benchmarks/results/e2e/epoch_start_h200.json
 """
 from __future__ import annotations
 
