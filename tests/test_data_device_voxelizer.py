@@ -55,18 +55,24 @@ def _per_voxel(coords, voxels, counts):
     return out
 
 
-def test_batch_voxelisation_equals_per_sample(datasets):
-    in_loader, deferred = datasets
-    reference = PretrainDataset.collate_batch([in_loader[i] for i in range(3)])
-    batch = PretrainDataset.collate_batch([deferred[i] for i in range(3)])
+def _assert_device_equals_loader(in_loader, deferred, frames=3):
+    """The first ``frames`` frames voxelised as one batch on the device hold the same voxels, counts and
+    points as the loader's per-sample voxelisation. Returns the loader's batch."""
+    reference = PretrainDataset.collate_batch([in_loader[i] for i in range(frames)])
+    batch = PretrainDataset.collate_batch([deferred[i] for i in range(frames)])
     assert "voxels" not in batch
-    out = BatchVoxelizer.from_dataset(deferred)(torch.from_numpy(batch["points"]), 3)
+    out = BatchVoxelizer.from_dataset(deferred)(torch.from_numpy(batch["points"]), frames)
     got = _per_voxel(out["voxel_coords"], out["voxels"], out["voxel_num_points"])
     want = _per_voxel(reference["voxel_coords"], reference["voxels"], reference["voxel_num_points"])
     assert got.keys() == want.keys()
     for key, (n, pts) in want.items():
         assert got[key][0] == n, key
         np.testing.assert_allclose(got[key][1], pts, rtol=0, atol=1e-5)
+    return reference
+
+
+def test_batch_voxelisation_equals_per_sample(datasets):
+    _assert_device_equals_loader(*datasets)
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +82,8 @@ def capped_datasets(tmp_path_factory):
 
 
 def test_the_cap_is_per_sample_and_keeps_what_per_sample_voxelisation_keeps(capped_datasets):
-    in_loader, deferred = capped_datasets
-    reference = PretrainDataset.collate_batch([in_loader[i] for i in range(3)])
+    reference = _assert_device_equals_loader(*capped_datasets)
     assert all((reference["voxel_coords"][:, 0] == b).sum() == 700 for b in range(3)), "every frame is capped"
-    batch = PretrainDataset.collate_batch([deferred[i] for i in range(3)])
-    out = BatchVoxelizer.from_dataset(deferred)(torch.from_numpy(batch["points"]), 3)
-    got = _per_voxel(out["voxel_coords"], out["voxels"], out["voxel_num_points"])
-    want = _per_voxel(reference["voxel_coords"], reference["voxels"], reference["voxel_num_points"])
-    assert got.keys() == want.keys()
-    for key, (n, pts) in want.items():
-        assert got[key][0] == n, key
-        np.testing.assert_allclose(got[key][1], pts, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
