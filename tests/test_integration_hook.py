@@ -193,12 +193,16 @@ def test_custom_evaluation_hook_scores_own_class_names(tmp_path):
     dets = [{"frame_id": f"{i:06d}", "name": np.array(["excavator", "roller"]), "score": np.array([0.9, 0.8]),
              "boxes_lidar": np.array([_box(10 + i, 5), _box(44, -20 - i)], dtype=np.float32)} for i in range(4)]
     dataset = cls(gt, evaluation_cfg={"IOU_THRESHOLDS": {"excavator": 0.7, "roller": 0.3}})
-    text, scalars = dataset.evaluation(dets, ["excavator", "roller"], eval_metric="kitti", output_path=tmp_path)
+    text, scalars = dataset.evaluation(dets, ["excavator", "roller", "grader"], eval_metric="kitti",
+                                       output_path=tmp_path)
     assert scalars["AP_3D/excavator"] == pytest.approx(100.0) and scalars["AP_3D/roller"] == pytest.approx(100.0)
     assert scalars["mAP_3D"] == pytest.approx(100.0)
     assert "excavator" in text and "Cyclist" not in text
-    saved = __import__("json").loads((tmp_path / integ.CUSTOM_RESULT_FILE).read_text())
-    assert saved["AP_BEV"]["excavator"] == pytest.approx(100.0)
+    def no_nan(constant):  # strict JSON: a class without ground truth is null, not NaN
+        raise AssertionError(f"{constant} in {integ.CUSTOM_RESULT_FILE}")
+
+    saved = __import__("json").loads((tmp_path / integ.CUSTOM_RESULT_FILE).read_text(), parse_constant=no_nan)
+    assert saved["AP_BEV"]["excavator"] == pytest.approx(100.0) and saved["AP_3D"]["grader"] is None
     dets[1]["frame_id"] = "999999"  # predictions out of order with the infos: refuse, do not score
     with pytest.raises(Exception, match="999999"):
         dataset.evaluation(dets, ["excavator", "roller"], eval_metric="kitti")

@@ -11,7 +11,6 @@ of a class without ground truth). Exit status 1 with a message on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -24,7 +23,7 @@ from pcdet_rmae_ts.evaluation import (  # noqa: E402
     format_results,
     load_label_dir,
     parse_evaluation_config,
-    to_json_compatible,
+    write_results_json,
 )
 
 
@@ -86,10 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{len(frame_ids)} frames, {len(frame_ids) - len(found)} without a prediction file")
     print(format_results(result))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(to_json_compatible(result), stream, indent=2, allow_nan=False)
-        print(f"wrote {args.out}")
+        print(f"wrote {write_results_json(result, args.out)}")
     return result
 
 

@@ -14,7 +14,7 @@ from pcdet_rmae_ts.evaluation.average_precision import (
 from pcdet_rmae_ts.evaluation.evaluate import bin_label, evaluate_detections
 from pcdet_rmae_ts.evaluation.iou import bev_corners, bev_intersection_area, bev_iou, iou_3d
 from pcdet_rmae_ts.evaluation.labels import empty_annotation, load_label_dir, read_label_file
-from pcdet_rmae_ts.evaluation.report import flatten_results, format_results, to_json_compatible
+from pcdet_rmae_ts.evaluation.report import flatten_results, format_results, to_json_compatible, write_results_json
 from pcdet_rmae_ts.evaluation.settings import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_RANGE_BINS,
@@ -43,4 +43,5 @@ __all__ = [
     "precision_recall",
     "read_label_file",
     "to_json_compatible",
+    "write_results_json",
 ]

@@ -1,7 +1,9 @@
 """Presentation of an :func:`evaluate_detections` result: a text table, flat scalars, strict JSON."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Dict, List
 
 
@@ -54,3 +56,11 @@ def to_json_compatible(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def write_results_json(result: dict, path: "str | Path") -> Path:
+    """Write ``result`` as strict JSON (NaN as null) to ``path``, creating its folder. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json_compatible(result), indent=2, allow_nan=False), encoding="utf-8")
+    return path

@@ -203,9 +203,7 @@ def custom_dataset_evaluation(dataset: Any, det_annos: Sequence[Mapping], class_
     dataset's own class names at ``DATA_CONFIG.EVALUATION`` thresholds, per range bin; no KITTI name
     mapping, no 2-D boxes, no numba. Returns OpenPCDet's ``(result_str, result_dict)``; the full
     result is also written as ``result_custom.json`` into ``output_path`` when OpenPCDet passes one."""
-    import json
-
-    from ..evaluation import evaluate_detections, flatten_results, format_results
+    from ..evaluation import evaluate_detections, flatten_results, format_results, write_results_json
 
     infos = getattr(dataset, "custom_infos", None) or []
     if not infos or "annos" not in infos[0]:
@@ -213,10 +211,8 @@ def custom_dataset_evaluation(dataset: Any, det_annos: Sequence[Mapping], class_
     gt_annos = [dict(info["annos"], frame_id=info["point_cloud"]["lidar_idx"]) for info in infos]
     result = evaluate_detections(gt_annos, list(det_annos), list(class_names),
                                  config=dataset.dataset_cfg.get("EVALUATION"))
-    output_path = kwargs.get("output_path")
-    if output_path is not None:
-        Path(output_path).mkdir(parents=True, exist_ok=True)
-        (Path(output_path) / CUSTOM_RESULT_FILE).write_text(json.dumps(result, indent=2))
+    if kwargs.get("output_path") is not None:
+        write_results_json(result, Path(kwargs["output_path"]) / CUSTOM_RESULT_FILE)
     return "\n" + format_results(result), flatten_results(result)
 
 
