@@ -17,17 +17,6 @@ FINETUNE = REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_ph
 DATASET = REPO / "cfgs" / "dataset_configs" / "custom_dataset_isarc.yaml"
 
 
-class LabelReader:
-    """OpenPCDet's CustomDataset.get_label, as the tool uses it: (boxes (N, 7+), names (N,))."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def get_label(self, frame_id):
-        rows = [line.split() for line in (self.root / "labels" / f"{frame_id}.txt").read_text().splitlines()]
-        return np.array([r[:-1] for r in rows], dtype=np.float32), np.array([r[-1] for r in rows])
-
-
 def _write_frames(root: Path, labels: dict, split="train"):
     (root / "labels").mkdir(parents=True)
     (root / "points").mkdir()
@@ -53,7 +42,7 @@ def test_split_infos_have_openpcdets_format_and_honest_counts(tmp_path):
         "000001": [],  # no objects: OpenPCDet's reader would crash on it
         "000002": ["-5 4 0.5 9 3.5 4 1.2 dumptruck", "3 3 0 4 2 2 0 dozer"],
     })
-    result, summary = infos.build_split_infos(LabelReader(tmp_path), tmp_path, "train", 3,
+    result, summary = infos.build_split_infos(tmp_path, "train", 3,
                                               ["dumptruck", "excavator", "grader", "roller"], tmp_path / "i.pkl")
     assert [info["point_cloud"] for info in result] == [
         {"num_features": 3, "lidar_idx": frame_id} for frame_id in ("000000", "000001", "000002")]
@@ -71,6 +60,11 @@ def test_missing_split_and_wrong_columns_are_clear(tmp_path):
     _write_frames(tmp_path, {"000000": ["1 2 0 8 3 3 0.1 excavator"]})
     with pytest.raises(FileNotFoundError, match="val.txt"):
         infos._read_ids(tmp_path, "val")
+    (tmp_path / "labels" / "000000.txt").write_text("1 2 0 8 3 excavator\n")
+    with pytest.raises(ValueError, match="000000.txt:1"):
+        infos._read_label(tmp_path, "000000")
+    with pytest.raises(FileNotFoundError, match="000009.txt"):
+        infos._read_label(tmp_path, "000009")
     with pytest.raises(ConfigError, match="src_feature_list"):
         infos._check_columns(tmp_path, "000000", 4)
     infos._check_columns(tmp_path, "000000", 3)

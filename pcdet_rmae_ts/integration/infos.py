@@ -4,7 +4,8 @@ OpenPCDet's ``create_custom_infos`` entry point always writes to ``<OpenPCDet>/d
 hard-codes the classes Vehicle/Pedestrian/Cyclist. This does the same job for any config: the
 frames listed in ``ImageSets/<split>.txt`` under the config's ``DATA_PATH``, one info file per mode
 of ``DATA_SPLIT`` (named by ``INFO_PATH``), and the gt database that ``gt_sampling`` reads
-(``DB_INFO_PATH``), with OpenPCDet's own label reader and points-in-boxes op. Needs pcdet.
+(``DB_INFO_PATH``), with OpenPCDet's CustomDataset (point reader) and points-in-boxes op; labels are
+read with the evaluator's reader. Needs pcdet.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from easydict import EasyDict
 from tqdm import tqdm
 
 from ..config import ConfigError, cfg_from_list, cfg_from_yaml_file
+from ..evaluation import read_label_file
 
 LOG = logging.getLogger(__name__)
 DB_FOLDER = "gt_database"
@@ -84,17 +86,14 @@ def _read_ids(root: Path, split: str) -> List[str]:
     return ids
 
 
-def _read_label(dataset: Any, root: Path, frame_id: str) -> tuple:
-    """OpenPCDet's label reader, except that an empty label file means no boxes (it would crash)."""
+def _read_label(root: Path, frame_id: str) -> tuple:
+    """``(boxes (N, 7) float32, names (N,))`` of ``labels/<frame_id>.txt`` with the evaluator's reader
+    (an empty file means no boxes; a malformed line is an error naming file and line)."""
     path = root / "labels" / f"{frame_id}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (frame '{frame_id}' is listed in ImageSets)")
-    if not path.read_text().strip():
-        return np.zeros((0, 7), dtype=np.float32), np.zeros((0,), dtype=str)
-    boxes, names = dataset.get_label(frame_id)
-    if boxes.ndim != 2 or boxes.shape[1] < 7:
-        raise ValueError(f"{path}: each line must be 'x y z dx dy dz heading class', got {boxes.shape[1]} numbers")
-    return boxes[:, :7].astype(np.float32), names
+    anno = read_label_file(path)
+    return anno["gt_boxes_lidar"].astype(np.float32), anno["name"]
 
 
 def _check_columns(root: Path, frame_id: str, num_features: int) -> None:
@@ -105,13 +104,13 @@ def _check_columns(root: Path, frame_id: str, num_features: int) -> None:
                           file=str(root), fix="make the list match the files' columns (or re-export the files)")
 
 
-def build_split_infos(dataset: Any, root: Path, split: str, num_features: int, class_names: Sequence[str],
+def build_split_infos(root: Path, split: str, num_features: int, class_names: Sequence[str],
                       info_file: Path) -> tuple:
     """Info dicts of one split in OpenPCDet's CustomDataset format, and their summary."""
     summary = SplitSummary(split=split, info_file=info_file)
     infos = []
     for frame_id in tqdm(_read_ids(root, split), desc=f"infos {split}", dynamic_ncols=True):
-        boxes, names = _read_label(dataset, root, frame_id)
+        boxes, names = _read_label(root, frame_id)
         infos.append({"point_cloud": {"num_features": num_features, "lidar_idx": frame_id},
                       "annos": {"name": names, "gt_boxes_lidar": boxes}})
         for name in names:
@@ -175,7 +174,7 @@ def create_infos(data_cfg: EasyDict, logger: Optional[logging.Logger] = None) ->
     for mode, split in data_cfg.DATA_SPLIT.items():
         info_file = root / data_cfg.INFO_PATH[mode][0]
         _check_columns(root, _read_ids(root, split)[0], num_features)
-        infos, summary = build_split_infos(dataset, root, split, num_features, class_names, info_file)
+        infos, summary = build_split_infos(root, split, num_features, class_names, info_file)
         with open(info_file, "wb") as f:
             pickle.dump(infos, f)
         logger.info("%s", summary.describe())
