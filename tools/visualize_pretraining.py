@@ -90,17 +90,15 @@ def build_model(cfg, dataset, ckpt: Optional[str], trust: bool, device: torch.de
 def model_inputs(batch: dict, dataset, device: torch.device) -> dict:
     """The collated batch on ``device`` as the trainer gives it to the model: with
     ``DATA_CONFIG.VOXELIZE_ON_DEVICE`` the samples carry points only and the engine's
-    ``BatchVoxelizer`` voxelises them on the device (as ``Trainer.train_step`` does)."""
-    from pcdet_rmae_ts.engine.batch import batch_to_device
+    ``BatchVoxelizer`` voxelises them on the device (``engine.batch.model_batch``, as training)."""
+    from pcdet_rmae_ts.engine.batch import model_batch
 
     if not dataset.voxelize_on_device:
-        return batch_to_device(batch, device)
+        return model_batch(batch, device)
     from pcdet_rmae_ts.data.device_voxelizer import BatchVoxelizer
 
     logger.info("Voxelising the frame on %s (DATA_CONFIG.VOXELIZE_ON_DEVICE)", device)
-    inputs = batch_to_device(batch, device, keep_on_host=())
-    inputs.update(BatchVoxelizer.from_dataset(dataset)(inputs["points"], inputs["batch_size"]))
-    return inputs
+    return model_batch(batch, device, BatchVoxelizer.from_dataset(dataset))
 
 
 @torch.no_grad()

@@ -24,3 +24,13 @@ def batch_to_device(batch: dict, device: torch.device, keep_on_host: tuple = HOS
             tensor = tensor.float()
         out[key] = tensor.to(device, non_blocking=True)
     return out
+
+
+def model_batch(batch: dict, device: torch.device, voxelizer=None) -> dict:
+    """The collated batch on ``device`` as the model reads it: with a ``BatchVoxelizer``
+    (``DATA_CONFIG.VOXELIZE_ON_DEVICE``) the points go to the device and are voxelised there."""
+    if voxelizer is None:
+        return batch_to_device(batch, device)
+    out = batch_to_device(batch, device, keep_on_host=())
+    out.update(voxelizer(out["points"], out["batch_size"]))
+    return out

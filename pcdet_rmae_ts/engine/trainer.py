@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .batch import batch_to_device
+from .batch import model_batch
 from .checkpoint import LATEST_NAME, checkpoint_state, prune_checkpoints, save_checkpoint, unwrap
 
 
@@ -193,11 +193,7 @@ class Trainer:
         """scheduler -> forward -> backward -> clip -> optimizer step -> model.after_optimizer_step
         (global step, EMA teacher)."""
         self.scheduler.step(state.it, state.epoch)
-        if self.voxelizer is None:
-            batch = batch_to_device(batch, self.device)
-        else:
-            batch = batch_to_device(batch, self.device, keep_on_host=())
-            batch.update(self.voxelizer(batch["points"], batch["batch_size"]))
+        batch = model_batch(batch, self.device, self.voxelizer)
         batch["global_step"] = state.it
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.loop.amp):
