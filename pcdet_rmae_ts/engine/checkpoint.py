@@ -191,12 +191,6 @@ def resumable_checkpoints(ckpt_dir: Path) -> List[Path]:
     return sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
-    """The most recent resumable file: the newest of the epoch checkpoints and latest_model.pth."""
-    candidates = resumable_checkpoints(ckpt_dir)
-    return candidates[0] if candidates else None
-
-
 def load_newest_checkpoint(ckpt_dir: Path, logger: logging.Logger,
                            trust_pickle: bool = False) -> Tuple[Optional[Path], Optional[dict]]:
     """Auto-resume: load the newest checkpoint of ``ckpt_dir`` that loads.
