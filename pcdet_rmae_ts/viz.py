@@ -193,18 +193,6 @@ def snapshot_mask_figure(snapshot: Optional[dict], sample: int = 0, title: str =
                               snapshot["far"], title)
 
 
-def backbone_mask_figure(backbone, sample: int = 0, title: str = "") -> Optional[Figure]:
-    """The BEV masking figure of the backbone's last training forward (None before the first one,
-    or when ``sample`` had no voxels)."""
-    ret = getattr(backbone, "forward_ret_dict", {}) or {}
-    if "mask" not in ret or "coords" not in ret:
-        return None
-    cfg = backbone.masker.config
-    return snapshot_mask_figure({"coords": ret["coords"], "mask": ret["mask"], "voxel_size": backbone.voxel_size,
-                                 "point_cloud_range": backbone.point_cloud_range, "near": cfg.near,
-                                 "far": cfg.far}, sample, title)
-
-
 # ---------------------------------------------------------------------- occupancy
 def masked_cells(mask, sample: int, shape_yx: Tuple[int, int], stride: int, voxel_size: Sequence[float],
                  point_cloud_range: Sequence[float]) -> np.ndarray:
@@ -456,7 +444,7 @@ def similarity_figure(scalars: Dict[str, Series], title: str = "") -> Optional[F
 
 
 __all__ = ["SampleMask", "Series", "sample_mask", "occupied_sectors", "achieved_ratios", "bev_labels",
-           "masking_bev_figure", "backbone_mask_figure", "snapshot_mask_figure", "masked_cells", "confusion_columns",
+           "masking_bev_figure", "snapshot_mask_figure", "masked_cells", "confusion_columns",
            "voxel_precision_recall", "column_confusion_image", "occupancy_figure", "read_scalars",
            "event_files", "curve_panels", "training_curves_figure", "similarity_figure",
            "figure_to_array", "save_figure", "new_figure", "KEPT_COLOR", "MASKED_COLOR", "METRIC_PANELS"]

@@ -102,25 +102,23 @@ def model_inputs(batch: dict, dataset, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def run_model(model, inputs: dict, device: torch.device, seed: int):
+def run_model(model, inputs: dict, device: torch.device, seed: int) -> None:
     """Training-mode forward (so the student sees the masked voxels) with BatchNorm in eval mode
-    (a checkpoint's running statistics) on ``model_inputs``; returns the backbone with its
-    ``forward_ret_dict``."""
+    (a checkpoint's running statistics) on ``model_inputs``; the backbone keeps its ``forward_ret_dict``."""
     model.train()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-    backbone = model.backbone_3d
-    backbone.masker.generator(device).manual_seed(seed)
+    model.backbone_3d.masker.generator(device).manual_seed(seed)
     model(inputs)
-    return backbone
 
 
-def model_pictures(backbone, frame_id: str, out: Path, label: str) -> List[Path]:
+def model_pictures(model, frame_id: str, out: Path, label: str) -> List[Path]:
     from pcdet_rmae_ts.occupancy import occupancy_targets
 
+    backbone = model.backbone_3d
     ret = backbone.forward_ret_dict
-    written = [viz.save_figure(viz.backbone_mask_figure(backbone, 0, f"frame {frame_id}"),
+    written = [viz.save_figure(viz.snapshot_mask_figure(model.masking_snapshot(), 0, f"frame {frame_id}"),
                                out / f"masking_bev_{frame_id}.png")]
     stride = backbone.occupancy_cfg.stride
     _, ny, nx = backbone.occupancy_shape
@@ -166,9 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         device = torch.device(args.device)
         dataset, batch, frame_id = load_frame(cfg, args.frame)
         model = build_model(cfg, dataset, args.ckpt, args.trust_checkpoint, device)
-        backbone = run_model(model, model_inputs(batch, dataset, device), device, args.seed)
+        run_model(model, model_inputs(batch, dataset, device), device, args.seed)
         label = Path(args.ckpt).name if args.ckpt else "untrained model"
-        written += model_pictures(backbone, frame_id, out, label)
+        written += model_pictures(model, frame_id, out, label)
     logdir = Path(args.logdir) if args.logdir else default_logdir(args.ckpt)
     if logdir is not None:
         written += curve_pictures(logdir, out)
