@@ -85,17 +85,22 @@ def sample_mask(coords, mask, sample: int = 0) -> SampleMask:
                       _numpy(mask.sector_selected)[sample].astype(bool), float(mask.sector_width))
 
 
+def _centres_xy(coords_zyx: np.ndarray, voxel_size: Sequence[float],
+                point_cloud_range: Sequence[float]) -> torch.Tensor:
+    """(N, 2) metric x, y of the centres of (N, 3) [z, y, x] voxel coords (masking's own geometry)."""
+    coords = torch.from_numpy(np.pad(np.asarray(coords_zyx, dtype=np.int64), ((0, 0), (1, 0))))
+    return voxel_centres_xy(coords, voxel_size, point_cloud_range)
+
+
 def voxel_ranges(coords_zyx: np.ndarray, voxel_size: Sequence[float],
                  point_cloud_range: Sequence[float]) -> np.ndarray:
     """(N,) horizontal range in metres of voxel centres (masking's own geometry)."""
-    coords = torch.from_numpy(np.pad(np.asarray(coords_zyx, dtype=np.int64), ((0, 0), (1, 0))))
-    return torch.linalg.norm(voxel_centres_xy(coords, voxel_size, point_cloud_range), dim=1).numpy()
+    return torch.linalg.norm(_centres_xy(coords_zyx, voxel_size, point_cloud_range), dim=1).numpy()
 
 
 def occupied_sectors(sm: SampleMask, voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> np.ndarray:
     """(G,) bool: the sample's non-empty sectors (masking's own sector geometry)."""
-    coords = torch.from_numpy(np.pad(np.asarray(sm.coords, dtype=np.int64), ((0, 0), (1, 0))))
-    xy = voxel_centres_xy(coords, voxel_size, point_cloud_range)
+    xy = _centres_xy(sm.coords, voxel_size, point_cloud_range)
     count = int(sm.sector_selected.shape[0])
     sector = sector_index(xy, torch.full((xy.shape[0],), sm.sector_offset), sm.sector_width, count)
     out = np.zeros(count, dtype=bool)
