@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import dataclass_from_section, section_keys
+from .config import dataclass_from_section
 from .scatter import device_constant
 
 # Stride 8 decodes from the encoder's 2D BEV output (so conv_out/shared_conv, which the
@@ -48,9 +48,6 @@ class OccupancyConfig:
             raise ValueError(f"OCCUPANCY_DECODER.POS_WEIGHT must be > 0 or null, got {self.pos_weight}")
         if self.focal_gamma < 0:
             raise ValueError(f"OCCUPANCY_DECODER.FOCAL_GAMMA must be >= 0, got {self.focal_gamma}")
-
-
-OCCUPANCY_KEYS = section_keys(OccupancyConfig)
 
 
 def occupancy_config_from_cfg(section) -> OccupancyConfig:
