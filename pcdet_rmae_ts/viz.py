@@ -206,6 +206,13 @@ def masked_cells(mask, sample: int, shape_yx: Tuple[int, int], stride: int, voxe
     return _numpy(masked_sector_cells(mask, batch_size, shape_yx, stride, voxel_size, point_cloud_range)[sample])
 
 
+def _cells(valid, shape: Tuple[int, ...]) -> np.ndarray:
+    """(Z', Y', X') bool: ``valid`` ((Z', Y', X') or (Y', X') bool; None: every cell) broadcast to ``shape``."""
+    if valid is None:
+        return np.ones(shape, dtype=bool)
+    return np.broadcast_to(np.asarray(valid, dtype=bool), shape)
+
+
 def confusion_columns(logits, target, valid=None) -> Dict[str, np.ndarray]:
     """Per-voxel confusion of (Z', Y', X') logits vs {0, 1} target, counted per BEV column.
 
@@ -215,7 +222,7 @@ def confusion_columns(logits, target, valid=None) -> Dict[str, np.ndarray]:
     """
     logits, target = _numpy(logits), _numpy(target)
     pred, truth = logits > 0, target > 0.5
-    region = np.ones_like(pred) if valid is None else np.broadcast_to(np.asarray(valid, dtype=bool), pred.shape)
+    region = _cells(valid, pred.shape)
     return {"tp": (pred & truth & region).sum(0), "fp": (pred & ~truth & region).sum(0),
             "fn": (~pred & truth & region).sum(0), "prob": 1.0 / (1.0 + np.exp(-logits.max(0))),
             "truth": truth.any(0)}
@@ -225,7 +232,7 @@ def voxel_precision_recall(logits, target, region) -> Tuple[float, float]:
     """Precision and recall over the (Z', Y', X') cells of ``region`` ((Z', Y', X') or (Y', X') bool):
     ``occupancy.occupancy_metrics``, the numbers training logs as ``occ_*`` / ``occ_masked_*``."""
     logits = torch.as_tensor(_numpy(logits), dtype=torch.float32)
-    region = torch.as_tensor(np.broadcast_to(np.asarray(region, dtype=bool), logits.shape).copy())
+    region = torch.as_tensor(_cells(region, tuple(logits.shape)).copy())
     metrics = occupancy_metrics(logits, torch.as_tensor(_numpy(target), dtype=torch.float32), region)
     return float(metrics["occ_precision"]), float(metrics["occ_recall"])
 
@@ -252,9 +259,9 @@ def occupancy_figure(logits, target, masked: np.ndarray, extent: Sequence[float]
     Left: per-voxel TP / FP / FN counted per column (colour: their mix, shade: how many levels),
     with training's per-voxel precision and recall; right: predicted probability (max over z).
     """
-    num_z = int(_numpy(logits).shape[0])
-    valid3 = np.ones(_numpy(logits).shape, dtype=bool) if valid is None else \
-        np.broadcast_to(np.asarray(valid, dtype=bool), _numpy(logits).shape)
+    logits = _numpy(logits)
+    num_z = int(logits.shape[0])
+    valid3 = _cells(valid, logits.shape)
     conf = confusion_columns(logits, target, valid3)
     image = column_confusion_image(conf, num_z)
     untouched = (conf["tp"] + conf["fp"] + conf["fn"]) == 0
