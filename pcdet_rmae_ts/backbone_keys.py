@@ -2,7 +2,9 @@
 config validation (``config.py``) knows them without importing the models."""
 from __future__ import annotations
 
-ENCODER_KEYS = ("CHANNELS", "OUT_CHANNEL", "SPCONV_KERNEL_SIZES")
+# encoder YAML key -> VoxelNeXtEncoder keyword argument (an absent key keeps the encoder's default)
+ENCODER_ARGS = {"CHANNELS": "channels", "OUT_CHANNEL": "out_channel", "SPCONV_KERNEL_SIZES": "kernel_sizes"}
+ENCODER_KEYS = tuple(ENCODER_ARGS)
 MASKING_KEYS = ("MASKED_RATIO", "MASKING_TARGET", "NUM_ANGULAR_GROUPS", "ANGULAR_GROUP_SIZE", "ANGULAR_RANGE",
                 "DISTANCE_THRESHOLDS", "RANGE_MASK_PROBS", "USE_BERNOULLI_MASKING",
                 "ENABLE_2STAGE_MASKING", "MIN_KEPT_VOXELS", "MASKING_SEED")
@@ -12,4 +14,4 @@ PHASE2_KEYS = ("MLFR", "VOXEL_CONTRAST", "FRAME_CONTRAST")
 VALID_KEYS = ("NAME", "PRETRAINING", "OCCUPANCY_DECODER", "LOSS_CONFIG") + ENCODER_KEYS + MASKING_KEYS \
     + TEACHER_STUDENT_KEYS + PHASE2_KEYS
 
-__all__ = ["ENCODER_KEYS", "MASKING_KEYS", "TEACHER_STUDENT_KEYS", "PHASE2_KEYS", "VALID_KEYS"]
+__all__ = ["ENCODER_ARGS", "ENCODER_KEYS", "MASKING_KEYS", "TEACHER_STUDENT_KEYS", "PHASE2_KEYS", "VALID_KEYS"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone_keys import VALID_KEYS
+from ..backbone_keys import ENCODER_ARGS, VALID_KEYS
 from ..config import check_known_keys, dataclass_from_section, resolve_loss_config
 from ..heads import projection_head
 from ..masking import RadialMasker, masking_config_from_cfg
@@ -37,9 +37,6 @@ from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buff
 from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
 
 logger = logging.getLogger(__name__)
-
-
-ENCODER_ARGS = {"CHANNELS": "channels", "OUT_CHANNEL": "out_channel", "SPCONV_KERNEL_SIZES": "kernel_sizes"}
 
 
 def check_backbone_keys(model_cfg, where: str = "MODEL.BACKBONE_3D") -> None:
