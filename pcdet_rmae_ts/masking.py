@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -65,8 +65,6 @@ class MaskingConfig:
             raise ValueError(f"RANGE_MASK_PROBS must lie in [0, 1], got {dict(zip(BANDS, self.band_probs))}")
         if self.min_kept_voxels < 0:
             raise ValueError(f"MIN_KEPT_VOXELS must be >= 0, got {self.min_kept_voxels}")
-
-
 
 
 def masking_config_from_cfg(model_cfg) -> MaskingConfig:
@@ -312,11 +310,8 @@ class RadialMasker:
         sample_band_ratio = masked_sb / total_sb.clamp(min=1.0)
         counts = total_sb.sum(1)
         sample_ratio = masked_sb.sum(1) / counts.clamp(min=1.0)
-        nonempty = (counts > 0).float()
-        stats = {"mask_ratio": masked_sb.sum() / counts.sum().clamp(min=1.0),
-                 "mask_ratio_sample_mean": (sample_ratio * nonempty).sum() / nonempty.sum().clamp(min=1.0),
-                 "mask_ratio_sample_min": torch.where(nonempty > 0, sample_ratio, torch.ones_like(sample_ratio)).min()
-                 if batch_size else masked.new_zeros(())}
+        stats = {"mask_ratio": masked_sb.sum() / counts.sum().clamp(min=1.0)}
+        stats["mask_ratio_sample_mean"], stats["mask_ratio_sample_min"] = _mean_and_min(sample_ratio, counts > 0)
         band_masked, band_total = masked_sb.sum(0), total_sb.sum(0)
         for i, name in enumerate(BANDS):
             stats[f"mask_ratio_{name.lower()}"] = band_masked[i] / band_total[i].clamp(min=1.0)
@@ -328,11 +323,16 @@ class RadialMasker:
         returns the (B,) fraction of each sample's non-empty sectors that were selected."""
         nonempty = occupied.sum(1).float()
         fraction = (selected & occupied).sum(1).float() / nonempty.clamp(min=1.0)
-        has = nonempty > 0
-        stats["mask_sector_fraction"] = (fraction * has).sum() / has.sum().clamp(min=1)
-        stats["mask_sector_fraction_min"] = torch.where(has, fraction, torch.ones_like(fraction)).min() \
-            if fraction.numel() else fraction.new_zeros(())
+        stats["mask_sector_fraction"], stats["mask_sector_fraction_min"] = _mean_and_min(fraction, nonempty > 0)
         return fraction
+
+
+def _mean_and_min(values: torch.Tensor, has: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and min of (B,) float ``values`` over the samples where (B,) bool ``has``: 0 and 1 when no
+    sample has, 0 and 0 for B = 0. Masked reductions, so no host sync on the training step."""
+    mean = (values * has).sum() / has.sum().clamp(min=1)
+    low = torch.where(has, values, torch.ones_like(values)).min() if values.numel() else values.new_zeros(())
+    return mean, low
 
 
 __all__ = ["MASKING_TARGETS", "MaskingConfig", "MaskResult", "RadialMasker", "masking_config_from_cfg",
