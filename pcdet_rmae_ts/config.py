@@ -398,9 +398,10 @@ def cfg_from_list(set_list: Sequence[Any], cfg: EasyDict) -> EasyDict:
         node = cfg
         parts = str(key).split(".")
         for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, dict) and node.get(part, {}) is None and ".".join(parts[:depth + 1]) in optional:
-                node[part] = EasyDict()  # e.g. SYNTHETIC: None in the YAML, then --set DATA_CONFIG.SYNTHETIC.FRAMES 10
-            if not isinstance(node, dict) or (part not in node and not _add_documented(node, parts, depth, optional)):
+            if isinstance(node, dict) and node.get(part) is None:
+                # absent, or None in the YAML (SYNTHETIC: None, then --set DATA_CONFIG.SYNTHETIC.FRAMES 10)
+                _add_documented(node, parts, depth, optional)
+            if not isinstance(node, dict) or part not in node:
                 _missing(part, node if isinstance(node, dict) else {}, key=".".join(parts[:depth + 1]))
             node = node[part]
         last = len(parts) - 1
