@@ -94,6 +94,12 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint file that is truncated or damaged (not a readable torch archive)."""
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message ('' when it has none): torch's messages run on."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -114,8 +120,10 @@ def save_checkpoint(state: dict, path: Path) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports write failures as RuntimeError
         _remove_quietly(tmp)
-        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
-            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, OSError) and err.errno:
+            reason = os.strerror(err.errno)
+        else:
+            reason = _first_line(err) or type(err).__name__
         raise CheckpointError(f"Could not write checkpoint {path}: {reason}. Free disk space or fix the "
                               f"permissions of {path.parent} (or choose another --output_dir); earlier "
                               f"checkpoints in that folder are intact.") from err
@@ -137,7 +145,7 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else "empty or cut short"
+        first = _first_line(err)[:200] or "empty or cut short"
         if not trust_pickle and _refused_global(err):
             raise CheckpointError(
                 f"Could not load {path} with weights_only=True (it holds pickled Python objects). If you trust "
