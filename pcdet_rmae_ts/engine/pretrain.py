@@ -113,9 +113,11 @@ def split_set_args(argv: Sequence[str], parser: argparse.ArgumentParser) -> tupl
     return rest, set_cfgs
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The pretraining flags (``argv``: default sys.argv[1:]); ``--set`` pairs go to ``args.set_cfgs``."""
-    parser = build_arg_parser()
+def parse_args(argv: Optional[Sequence[str]] = None,
+               parser: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
+    """The pretraining flags (``argv``: default sys.argv[1:]); ``--set`` pairs go to ``args.set_cfgs``.
+    ``parser``: default build_arg_parser() (a caller that reports its own flag errors passes its own)."""
+    parser = parser or build_arg_parser()
     rest, set_cfgs = split_set_args(list(sys.argv[1:] if argv is None else argv), parser)
     args = parser.parse_args(rest)
     args.set_cfgs = set_cfgs or None
@@ -191,7 +193,7 @@ class Job:
 def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
     """Parse flags, load the config, start torch.distributed, create the output folders and the log."""
     parser = build_arg_parser()
-    args = parse_args(argv)
+    args = parse_args(argv, parser)
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.amp and device_type != "cuda":
         parser.error("--amp (mixed precision) needs a CUDA device, and this run is on the CPU; "
