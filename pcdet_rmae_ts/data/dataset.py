@@ -46,13 +46,18 @@ class BadSamplePolicy:
         return cls(on_bad_sample=mode, max_retries=retries)
 
 
+def _floats(value: Any) -> np.ndarray:
+    """``value`` as a float64 array; an empty one when it is not numbers (the checks then reject its shape)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.zeros(0)
+
+
 def check_point_cloud_range(value: Any, source: str | None = None) -> np.ndarray:
     """``POINT_CLOUD_RANGE`` as float32 [x_min, y_min, z_min, x_max, y_max, z_max] (metres), or ConfigError."""
     key, example = "DATA_CONFIG.POINT_CLOUD_RANGE", "[-75.2, -75.2, -2, 75.2, 75.2, 4]"
-    try:
-        pcr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        pcr = np.zeros(0)
+    pcr = _floats(value)
     if pcr.shape != (6,) or not np.isfinite(pcr).all():
         raise ConfigError(f"must be 6 finite numbers [x_min, y_min, z_min, x_max, y_max, z_max], got {value!r}",
                           key=key, file=source, fix=f"e.g. {example}")
@@ -72,10 +77,7 @@ def check_voxel_size(processors: Sequence[Mapping[str, Any]], point_cloud_range:
             continue
         key = f"DATA_CONFIG.DATA_PROCESSOR[{i}].VOXEL_SIZE"
         value = entry.get("VOXEL_SIZE")
-        try:
-            size = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            size = np.zeros(0)
+        size = _floats(value)
         if size.shape != (3,) or not np.isfinite(size).all() or (size <= 0).any():
             raise ConfigError(f"must be 3 positive sizes [x, y, z] in metres, got {value!r}", key=key,
                               file=source, fix="e.g. [0.1, 0.1, 0.15]")
