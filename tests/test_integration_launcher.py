@@ -76,11 +76,13 @@ def test_split_launcher_args_keeps_set_remainder():
 def test_seed_flag_is_taken_out_and_makes_runs_repeatable():
     import torch
 
+    from pcdet_rmae_ts.seeding import seed_everything
+
     ours, rest = integ.split_launcher_args(["--seed", "7", "--cfg_file", "a.yaml", "--fix_random_seed"])
     assert ours.seed == 7 and rest == ["--cfg_file", "a.yaml", "--fix_random_seed"]
     draws = []
     for seed in (7, 7, 8):
-        integ.seed_run(seed)
+        seed_everything(seed)
         draws.append((torch.rand(3), np.random.rand(), random.random()))
     assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:] == draws[1][1:]
     assert not torch.equal(draws[0][0], draws[2][0]) and draws[0][1] != draws[2][1] and draws[0][2] != draws[2][2]

@@ -8,17 +8,16 @@ import argparse
 import datetime
 import logging
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from easydict import EasyDict
 
 from ..config import cfg_from_list, cfg_from_yaml_file, log_config_to_file
+from ..seeding import seed_everything
 from .checkpoint import (
     check_resume_shapes,
     load_checkpoint,
@@ -124,12 +123,6 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def prepare_data_path(cfg, logger: logging.Logger) -> None:
     """Create the built-in synthetic dataset when the config asks for it (demo configs)."""
     synthetic = cfg.DATA_CONFIG.get("SYNTHETIC")
@@ -209,7 +202,7 @@ def setup_job(argv: Optional[Sequence[str]] = None) -> Job:
         world_size, rank, local_rank = init_dist_pytorch("nccl" if device_type == "cuda" else "gloo", args.tcp_port)
     device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
     if args.fix_random_seed:
-        _seed_everything(args.seed + rank)
+        seed_everything(args.seed + rank)
     dirs = _output_dirs(cfg, args)
     lock = None
     if rank == 0:

@@ -407,23 +407,6 @@ def _prepare_sys_path(tools: Path) -> None:
     sys.modules.setdefault("_init_path", types.ModuleType("_init_path"))
 
 
-def seed_run(seed: int) -> None:
-    """Seed Python, numpy and torch before OpenPCDet builds the model and the data order.
-
-    OpenPCDet's ``--fix_random_seed`` always uses 666; ``--seed N`` (a launcher flag) gives repeatable runs
-    with different seeds, e.g. for mean and spread over fine-tuning seeds. The DataLoader's shuffling
-    draws from torch's global generator, so it follows the seed too; cuDNN/atomics stay nondeterministic.
-    """
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     """Register the plugin, install the hooks and run OpenPCDet's own ``tools/<script>`` as __main__.
 
@@ -443,8 +426,10 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     install_config_lookup()
     install_custom_evaluation()
     choose_worker_start_method()
-    if ours.seed is not None:
-        seed_run(ours.seed)
+    if ours.seed is not None:  # before OpenPCDet builds the model and the data order
+        from ..seeding import seed_everything
+
+        seed_everything(ours.seed)
     if script == "train.py":
         install_optimizer_hook()
         install_group_lr_tensorboard()
