@@ -68,3 +68,11 @@ def test_difference_counts_only_above_twice_the_pooled_std():
     assert vs[("rmae", "uniform", 0.05)][0] == pytest.approx(1.5) and not vs[("rmae", "uniform", 0.05)][2]
     table = report.markdown(records)
     assert "+4.00 ± 1.00 (yes)" in table and "(no)" in table
+
+
+@pytest.mark.parametrize("frames, batch, iterations, epochs", [(20, 4, 400, 80), (200, 4, 400, 8), (7, 4, 10, 5),
+                                                                (201, 4, 400, 8)])
+def test_every_fraction_gets_at_least_the_same_optimiser_steps(frames, batch, iterations, epochs):
+    assert run.finetune_epochs(frames, batch, iterations) == epochs
+    steps = epochs * -(-frames // batch)
+    assert iterations <= steps < iterations + -(-frames // batch)

@@ -8,7 +8,15 @@ runs with a record are skipped, so the script continues where a device block end
 OpenPCDet that the launchers find (``PCDET_TOOLS``) and never builds or contains OpenPCDet.
 
     python benchmarks/label_efficiency/run.py --work output/label_efficiency \\
-        --results benchmarks/results/label_efficiency.json --budget_s 500
+        --results benchmarks/results/label_efficiency.json --parallel 6 --budget_s 400
+
+Every fine-tune gets the same number of iterations (``--finetune_iters``): a small fraction runs more
+epochs, merged into one pass of its loader (OpenPCDet's ``--merge_all_iters_to_one_epoch``), so that the
+one-cycle schedule and the optimiser steps match across fractions. Each fine-tune is scored by train.py's
+own final evaluation (the same ``repeat_eval_ckpt`` -> ``dataset.evaluation`` path as ``dist_test.sh``);
+runs with a seed in ``--dist_test_seeds`` at the smallest fraction are scored again by
+``scripts/dist_test.sh`` and both numbers are kept. ``--parallel`` runs that many jobs at once on the one
+GPU (pretrainings first; a fine-tune waits for its arm's encoder).
 
 Folders under ``--work``: ``pool/`` (generated frames), ``pretrain/`` (ImageSets of the unlabelled +
 labelled pools, no labels used), ``frac_<f>/`` (the labelled subset's infos and gt database: gt_sampling
@@ -21,7 +29,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -34,6 +44,8 @@ PRETRAIN_ARMS = {  # arm -> (pretraining config, extra --set pairs)
     "rmae_voxels": ("cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml",
                     ["MODEL.BACKBONE_3D.MASKING_TARGET", "voxels"]),
 }
+
+_TIMINGS_LOCK = threading.Lock()  # the pretrainings run in threads and share pretrain_times.json
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,8 @@ def prepare_data(args, work: Path) -> Dict[float, Path]:
     total = args.pretrain_frames + args.labelled_frames + args.val_frames
     if not (pool / "ImageSets" / "train.txt").exists():
         sh([sys.executable, "-m", "pcdet_rmae_ts.data.synthetic", "--out", str(pool), "--frames", str(total),
-            "--profile", args.profile, "--cfg_file", FT_CFG, "--seed", str(args.data_seed)], work / "data.log")
+            "--profile", args.profile, "--cfg_file", FT_CFG, "--seed", str(args.data_seed),
+            "--workers", str(os.cpu_count() or 1)], work / "data.log")
     ids = sorted(p.stem for p in (pool / "points").glob("*.npy"))
     if len(ids) != total:
         raise RuntimeError(f"{pool} holds {len(ids)} frames, the plan needs {total}: use a new --work folder")
@@ -131,48 +144,87 @@ def prepare_data(args, work: Path) -> Dict[float, Path]:
     return folders
 
 
-def pretrain(arm: str, args, work: Path, timings: Dict[str, float]) -> Path:
-    """The encoder of one pretraining arm (pretrained once, reused by every fine-tune)."""
+def pretrain(arm: str, args, work: Path, timings: Dict[str, float], env: Dict[str, str],
+             may_start: bool = True) -> Optional[Path]:
+    """The encoder of one pretraining arm (pretrained once, reused by every fine-tune); None when it is
+    not there yet and ``may_start`` is False (the device block's budget is spent)."""
     cfg, extra = PRETRAIN_ARMS[arm]
     tag = f"le_{arm}"
     ckpt_dir = REPO / "output" / "custom_models" / Path(cfg).stem / tag / "ckpt"
     ckpt = ckpt_dir / f"checkpoint_epoch_{args.pretrain_epochs}.pth"
     if not ckpt.exists():
+        if not may_start:
+            return None
+        amp = ["--amp"] if args.pretrain_amp else []
+        workers = str(2 * args.workers)  # two pretrainings at most, each with batches of 8
         timings[arm] = sh([sys.executable, "tools/train_rmae_cmae_phase1.py", "--cfg_file", cfg, "--batch_size", "8",
-                           "--epochs", str(args.pretrain_epochs), "--extra_tag", tag, "--set", "DATA_CONFIG.DATA_PATH",
-                           str(work / "pretrain"), *extra], work / "runs" / f"pretrain_{arm}.log")
-        (work / "pretrain_times.json").write_text(json.dumps(timings, indent=2))
+                           "--epochs", str(args.pretrain_epochs), "--extra_tag", tag, "--workers", workers,
+                           "--fix_random_seed", "--seed", "0", *amp, "--set", "DATA_CONFIG.DATA_PATH",
+                           str(work / "pretrain"), *extra], work / "runs" / f"pretrain_{arm}.log", env)
+        with _TIMINGS_LOCK:
+            (work / "pretrain_times.json").write_text(json.dumps(timings, indent=2))
     return ckpt
 
 
-def newest_result(folder: Path) -> dict:
+def read_result(folder: Path) -> dict:
     found = sorted(folder.rglob("result_custom.json"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise RuntimeError(f"no result_custom.json under {folder}")
     return json.loads(found[-1].read_text())
 
 
-def finetune(run: Run, data: Path, encoder: Optional[Path], args, work: Path, pcdet_root: Path) -> dict:
-    """dist_train.sh then dist_test.sh on the last checkpoint; the record for the results file."""
+def finetune_epochs(frames: int, batch_size: int, iterations: int) -> int:
+    """Epochs that give at least ``iterations`` optimiser steps on ``frames`` labelled frames."""
+    per_epoch = -(-frames // batch_size)
+    return -(-iterations // per_epoch)
+
+
+def finetune(run: Run, data: Path, frames: int, encoder: Optional[Path], args, work: Path, pcdet_root: Path,
+             env: Dict[str, str], smallest: float) -> dict:
+    """dist_train.sh (scored by its own final evaluation), optionally dist_test.sh; the results record."""
     log = work / "runs" / f"{run.name}.log"
-    common = ["--cfg_file", FT_CFG, "--batch_size", str(args.batch_size), "--extra_tag", f"le_{run.name}"]
+    epochs = finetune_epochs(frames, args.batch_size, args.finetune_iters)
+    common = ["--cfg_file", FT_CFG, "--batch_size", str(args.batch_size), "--extra_tag", f"le_{run.name}",
+              "--workers", str(args.workers)]
     sets = ["--set", "DATA_CONFIG.DATA_PATH", str(data),
             "OPTIMIZATION.DIFFERENTIAL_LR", str(run.lr == "differential")]
-    train = ["bash", "scripts/dist_train.sh", "1", *common, "--epochs", str(args.finetune_epochs),
-             "--seed", str(run.seed)]
+    train = ["bash", "scripts/dist_train.sh", "1", *common, "--epochs", str(epochs), "--seed", str(run.seed),
+             "--merge_all_iters_to_one_epoch", "--ckpt_save_interval", str(epochs)]
     if encoder is not None:
         train += ["--pretrained_model", str(encoder)]
-    finetune_s = sh(train + sets, log)
+    finetune_s = sh(train + sets, log, env)
     out = pcdet_root / "output" / "custom_models" / Path(FT_CFG).stem / f"le_{run.name}"
-    ckpt = out / "ckpt" / f"checkpoint_epoch_{args.finetune_epochs}.pth"
-    sh(["bash", "scripts/dist_test.sh", "1", *common, "--ckpt", str(ckpt), *sets], log)
-    result = newest_result(out / "eval" / f"epoch_{args.finetune_epochs}")
-    return dict(asdict(run), mAP_3D=result["mAP_3D"], mAP_BEV=result["mAP_BEV"], AP_3D=result["AP_3D"],
-                AP_BEV=result["AP_BEV"], range=result.get("range"), finetune_s=round(finetune_s, 1))
+    result = read_result(out / "eval" / "eval_with_train" / f"epoch_{epochs}")
+    record = dict(asdict(run), mAP_3D=result["mAP_3D"], mAP_BEV=result["mAP_BEV"], AP_3D=result["AP_3D"],
+                  AP_BEV=result["AP_BEV"], range=result.get("range"), finetune_s=round(finetune_s, 1),
+                  finetune_epochs=epochs, scored_by="train.py final evaluation")
+    if run.seed in args.dist_test_seeds and run.label_fraction == smallest:
+        ckpt = out / "ckpt" / f"checkpoint_epoch_{epochs}.pth"
+        sh(["bash", "scripts/dist_test.sh", "1", *common, "--ckpt", str(ckpt), *sets], log, env)
+        again = read_result(out / "eval" / f"epoch_{epochs}")
+        record.update(dist_test_mAP_3D=again["mAP_3D"], dist_test_mAP_BEV=again["mAP_BEV"])
+    return record
 
 
 def load_records(path: Path) -> List[dict]:
     return json.loads(path.read_text()) if path.exists() else []
+
+
+class Results:
+    """The results file, rewritten whole after every finished run (by one thread at a time)."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, threading.Lock()
+        self.records = load_records(path)
+
+    def done(self) -> set:
+        return {(r["arm"], r["lr"], float(r["label_fraction"]), r["seed"]) for r in self.records}
+
+    def add(self, record: dict) -> None:
+        with self.lock:
+            self.records.append(record)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.records, indent=1))
 
 
 def main() -> None:
@@ -181,27 +233,31 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results/label_efficiency.json")
     parser.add_argument("--arms", nargs="+", default=["scratch", "rmae", "rmae_ts"],
                         choices=["scratch", *PRETRAIN_ARMS])
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.2, 1.0])
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 1.0])
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds below 100 %% labels")
     parser.add_argument("--seeds_at_full", type=int, default=1)
     parser.add_argument("--profile", default="hard")
     parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument("--pretrain_frames", type=int, default=600)
-    parser.add_argument("--labelled_frames", type=int, default=400)
+    parser.add_argument("--pretrain_frames", type=int, default=400)
+    parser.add_argument("--labelled_frames", type=int, default=200)
     parser.add_argument("--val_frames", type=int, default=300)
-    parser.add_argument("--pretrain_epochs", type=int, default=20)
-    parser.add_argument("--finetune_epochs", type=int, default=20)
+    parser.add_argument("--pretrain_epochs", type=int, default=8)
+    parser.add_argument("--pretrain_amp", action="store_true", help="pretrain with --amp")
+    parser.add_argument("--finetune_iters", type=int, default=400, help="optimiser steps of every fine-tune")
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="data-loader workers per job")
+    parser.add_argument("--parallel", type=int, default=1, help="jobs at once on the one GPU")
+    parser.add_argument("--dist_test_seeds", nargs="*", type=int, default=[0],
+                        help="at the smallest fraction, also score these seeds with dist_test.sh")
     parser.add_argument("--budget_s", type=float, default=float("inf"),
-                        help="start no new fine-tune after this many seconds (device blocks are short)")
+                        help="start no new job after this many seconds (device blocks are short)")
     args = parser.parse_args()
-    smallest = max(1, round(min(args.fractions) * args.labelled_frames))
-    if args.finetune_epochs * -(-smallest // args.batch_size) < 10:
+    if args.finetune_iters < 10:
         # OpenPCDet's adam_onecycle divides by int(PCT_START x total steps): too few steps crash it
-        parser.error(f"the smallest fraction gives {smallest} frames, i.e. fewer than 10 fine-tuning iterations; "
-                     "raise --labelled_frames, --finetune_epochs or the smallest --fractions")
+        parser.error("--finetune_iters must be at least 10 (OpenPCDet's one-cycle schedule needs the steps)")
     started = time.time()
-    work, results = (REPO / args.work).resolve(), (REPO / args.results).resolve()
+    work = (REPO / args.work).resolve()
+    results = Results((REPO / args.results).resolve())
     pcdet_root = Path(os.environ["PCDET_TOOLS"]).resolve().parent if os.environ.get("PCDET_TOOLS") else None
     if pcdet_root is None:
         import pcdet
@@ -212,26 +268,50 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     folders = prepare_data(args, work)
+    frames = {f: len((folders[f] / "ImageSets" / "train.txt").read_text().split()) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    records = load_records(results)
-    done = {(r["arm"], r["lr"], r["label_fraction"], r["seed"]) for r in records}
-    for run in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full):
-        if (run.arm, run.lr, run.label_fraction, run.seed) in done:
-            continue
-        if time.time() - started > args.budget_s:
-            print(f"budget reached after {time.time() - started:.0f} s; run again to continue", flush=True)
-            break
-        encoder = None if run.arm == "scratch" else pretrain(run.arm, args, work, timings)
-        record = finetune(run, folders[run.label_fraction], encoder, args, work, pcdet_root)
-        record.update(pretrain_s=timings.get(run.arm), card=card, commit=commit,
-                      plan={k: getattr(args, k) for k in ("profile", "pretrain_frames", "labelled_frames", "val_frames",
-                                                          "pretrain_epochs", "finetune_epochs", "batch_size")})
-        records.append(record)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(json.dumps(records, indent=1))
+    plan = {k: getattr(args, k) for k in ("profile", "pretrain_frames", "labelled_frames", "val_frames",
+                                          "pretrain_epochs", "pretrain_amp", "finetune_iters", "batch_size",
+                                          "workers", "parallel")}
+    todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full)
+            if (r.arm, r.lr, float(r.label_fraction), r.seed) not in results.done()]
+    arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
+    ports = iter(range(29500 + (os.getpid() % 100) * 50, 1 << 16))
+    port_lock = threading.Lock()
+
+    def job_env() -> Dict[str, str]:
+        with port_lock:  # one rendezvous port per job: concurrent torchrun launches must not collide
+            return {"MASTER_PORT": str(next(ports)), "OMP_NUM_THREADS": "2"}
+
+    def over_budget() -> bool:
+        return time.time() - started > args.budget_s
+
+    def pretrain_job(arm: str) -> Optional[Path]:
+        return pretrain(arm, args, work, timings, job_env(), may_start=not over_budget())
+
+    def finetune_job(run: Run) -> None:
+        encoder = None if run.arm == "scratch" else encoders[run.arm].result()
+        if over_budget() or (run.arm != "scratch" and encoder is None):
+            return
+        record = finetune(run, folders[run.label_fraction], frames[run.label_fraction], encoder, args, work,
+                          pcdet_root, job_env(), min(args.fractions))
+        record.update(pretrain_s=timings.get(run.arm), card=card, commit=commit, plan=plan)
+        results.add(record)
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
-              f"({record['finetune_s']:.0f} s)", flush=True)
+              f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
+
+    # pretrainings first, then scratch runs (no wait), then the pretrained fine-tunes in plan order
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        encoders = {arm: pool.submit(pretrain_job, arm) for arm in arms}
+        ordered = [r for r in todo if r.arm == "scratch"] + [r for r in todo if r.arm != "scratch"]
+        jobs = [pool.submit(finetune_job, r) for r in ordered]
+        failures = [str(job.exception()) for job in jobs + list(encoders.values()) if job.exception()]
+    for failure in sorted(set(failures)):
+        print(f"FAILED: {failure}", flush=True)
+    print(f"{len(results.records)} records in {results.path}; {time.time() - started:.0f} s", flush=True)
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
