@@ -301,11 +301,11 @@ def main() -> None:
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
               f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
 
-    # pretrainings first, then scratch runs (no wait), then the pretrained fine-tunes in plan order
+    # pretrainings first, then the fine-tunes in plan order (a pretrained one waits for its encoder), so
+    # that a short block still ends with scratch and pretrained runs of the same seeds side by side
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         encoders = {arm: pool.submit(pretrain_job, arm) for arm in arms}
-        ordered = [r for r in todo if r.arm == "scratch"] + [r for r in todo if r.arm != "scratch"]
-        jobs = [pool.submit(finetune_job, r) for r in ordered]
+        jobs = [pool.submit(finetune_job, r) for r in todo]
         failures = [str(job.exception()) for job in jobs + list(encoders.values()) if job.exception()]
     for failure in sorted(set(failures)):
         print(f"FAILED: {failure}", flush=True)
