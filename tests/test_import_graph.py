@@ -17,7 +17,7 @@ ROOT = "pcdet_rmae_ts"
 LAYERS = (
     # 0 leaves: shared building blocks that import nothing from the package
     ("pcdet_rmae_ts.compat", "pcdet_rmae_ts.backbone_keys", "pcdet_rmae_ts.heads", "pcdet_rmae_ts.scatter",
-     "pcdet_rmae_ts.schedules", "pcdet_rmae_ts.seeding", "pcdet_rmae_ts.sparse_align"),
+     "pcdet_rmae_ts.schedules", "pcdet_rmae_ts.seeding", "pcdet_rmae_ts.sparse_align", "pcdet_rmae_ts.voxel_targets"),
     # 1 configuration loading and validation
     ("pcdet_rmae_ts.config",),
     # 2 components that take tensors / configs: masking, occupancy, teacher, losses, data, evaluation, optim

@@ -243,3 +243,39 @@ def test_worker_start_method_rejects_unknown_and_keeps_an_existing_choice(monkey
         integ.choose_worker_start_method({integ.START_METHOD_ENV: "teleport"})
     monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "spawn")
     assert integ.choose_worker_start_method({}) is None  # the user chose already: keep it
+
+
+def _fake_voxelnext_module():
+    module = types.ModuleType("fake_voxelnext_head")
+    module.centernet_utils = types.SimpleNamespace(gaussian_radius=lambda h, w, min_overlap=0.5: (h + w) * min_overlap)
+
+    class VoxelNeXtHead:
+        def assign_target_of_single_head(self, *args, **kwargs):
+            return "stock"
+
+    module.VoxelNeXtHead = VoxelNeXtHead
+    return module
+
+
+def test_batched_voxelnext_targets_hook_replaces_the_loop_once_and_can_be_switched_off(caplog):
+    from pcdet_rmae_ts.voxel_targets import assign_single_head
+
+    module = _fake_voxelnext_module()
+    assert integ.install_batched_voxelnext_targets(module, environ={integ.STOCK_TARGETS_ENV: "1"}) is None
+    assert module.VoxelNeXtHead().assign_target_of_single_head() == "stock"
+    cls = integ.install_batched_voxelnext_targets(module, environ={})
+    assert integ.install_batched_voxelnext_targets(module, environ={}) is cls  # idempotent
+    assert cls.assign_target_of_single_head.original(None) == "stock"
+    head = cls()
+    head.point_cloud_range, head.voxel_size = torch.tensor([-70.4, -70.4, -6.0]), torch.tensor([0.1, 0.1, 0.2])
+    head.gaussian_type, head.gaussian_ratio = ["nearst", "gt_center"], 1
+    boxes = torch.tensor([[3.0, -4.0, 0.5, 9.0, 3.5, 3.0, 0.4, 2.0], [30.0, 12.0, 0.0, 6.0, 2.5, 2.5, -1.0, 1.0]])
+    indices = torch.tensor([[90, 80], [120, 100], [60, 60]], dtype=torch.int32)
+    with caplog.at_level(logging.INFO, logger=integ.PCDET_LOGGER):
+        got = head.assign_target_of_single_head(3, boxes, 3, indices, [176, 176], 8, num_max_objs=5, min_radius=2)
+        head.assign_target_of_single_head(3, boxes, 3, indices, [176, 176], 8, num_max_objs=5, min_radius=2)
+    radius = torch.clamp_min(((boxes[:, 3] / 0.1 / 8 + boxes[:, 4] / 0.1 / 8) * 0.1).int(), min=2)
+    want = assign_single_head(boxes, radius, 3, 3, indices, [176, 176], head.point_cloud_range, head.voxel_size, 8,
+                              num_max_objs=5)
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and got[3].tolist() == [1, 1, 0, 0, 0]
+    assert sum("batched over boxes" in r.getMessage() for r in caplog.records) == 1

@@ -282,3 +282,35 @@ def test_stock_train_one_epoch_with_differential_lr_cpu(monkeypatch, config):
         optimization.build_optimizer, optimization.build_scheduler = originals
         sys.modules.pop("train_utils.optimization", None)
         sys.modules.pop("train_utils.train_utils", None)
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_voxelnext_targets_equal_openpcdets_loop_on_gpu(monkeypatch, seed):
+    """The launcher's batched target assignment against OpenPCDet's own per-box loop, on a crowded scene
+    (60 boxes per sample, every class, some beyond the range, some without size): identical tensors."""
+    from pcdet.models.dense_heads import voxelnext_head
+
+    from pcdet_rmae_ts.integration import pcdet as integ
+
+    stock = getattr(voxelnext_head.VoxelNeXtHead.assign_target_of_single_head, "original",
+                    voxelnext_head.VoxelNeXtHead.assign_target_of_single_head)
+    monkeypatch.setattr(voxelnext_head.VoxelNeXtHead, "assign_target_of_single_head", stock)
+    _, model = _build(FINETUNE, monkeypatch)
+    head = model.cuda().dense_head
+    g = torch.Generator().manual_seed(seed)
+    cells = torch.randperm(22 * 22, generator=g)[:300]  # the stub's 17.6 m grid at stride 8: 22 x 22 cells
+    spatial = [torch.stack((cells % 22, cells // 22), -1).int().cuda() for _ in range(2)]
+    boxes = torch.cat((torch.rand(2, 60, 2, generator=g) * 20 - 10, torch.rand(2, 60, 1, generator=g),
+                       torch.rand(2, 60, 3, generator=g) * 8 + 1, torch.rand(2, 60, 1, generator=g) * 6 - 3,
+                       torch.randint(1, 5, (2, 60, 1), generator=g).float()), -1).cuda()
+    boxes[0, 7, 3] = 0.0
+    args = ([300, 300], spatial, [22, 22])
+    want = head.assign_targets(boxes.clone(), *args)
+    integ.install_batched_voxelnext_targets(voxelnext_head)
+    assert voxelnext_head.VoxelNeXtHead.assign_target_of_single_head.original is stock
+    got = head.assign_targets(boxes.clone(), *args)
+    for key in ("heatmaps", "target_boxes", "inds", "masks"):
+        for a, b in zip(got[key], want[key]):
+            assert torch.equal(a, b), f"{key}: max |diff| {(a.double() - b.double()).abs().max()}"
+    assert int(want["masks"][0].sum()) == 2 * 60 - 1

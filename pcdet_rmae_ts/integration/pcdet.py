@@ -235,6 +235,52 @@ def install_custom_evaluation(dataset_module: Optional[types.ModuleType] = None)
     return cls
 
 
+# ----------------------------------------------------------------------------- VoxelNeXt targets
+STOCK_TARGETS_ENV = "PCDET_RMAE_TS_STOCK_TARGETS"
+
+
+def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = None,
+                                      environ: Optional[Mapping[str, str]] = None) -> Optional[type]:
+    """Make ``VoxelNeXtHead.assign_target_of_single_head`` compute its targets for all boxes at once
+    (:func:`pcdet_rmae_ts.voxel_targets.assign_single_head`): the same tensors bit for bit, without the
+    per-box Python loop and its host syncs that dominate a fine-tuning step on crowded scenes. Set
+    ``PCDET_RMAE_TS_STOCK_TARGETS=1`` to keep OpenPCDet's loop. Idempotent; returns the class (None when
+    switched off). The stock method stays reachable as ``.original``."""
+    if (os.environ if environ is None else environ).get(STOCK_TARGETS_ENV, "") == "1":
+        return None
+    if head_module is None:
+        head_module = importlib.import_module("pcdet.models.dense_heads.voxelnext_head")
+    cls = head_module.VoxelNeXtHead
+    if getattr(cls.assign_target_of_single_head, HOOK_MARK, False):
+        return cls
+    import torch
+
+    from ..voxel_targets import assign_single_head
+
+    gaussian_radius = head_module.centernet_utils.gaussian_radius
+    announced = []
+
+    def assign_target_of_single_head(self, num_classes, gt_boxes, num_voxels, spatial_indices, spatial_shape,
+                                     feature_map_stride, num_max_objs=500, gaussian_overlap=0.1, min_radius=2):
+        if not announced:
+            announced.append(True)
+            logging.getLogger(PCDET_LOGGER).info(
+                "VoxelNeXtHead targets: batched over boxes by pcdet_rmae_ts (identical values; %s=1 for the "
+                "stock per-box loop)", STOCK_TARGETS_ENV)
+        dx = gt_boxes[:, 3] / self.voxel_size[0] / feature_map_stride
+        dy = gt_boxes[:, 4] / self.voxel_size[1] / feature_map_stride
+        radius = torch.clamp_min(gaussian_radius(dx, dy, min_overlap=gaussian_overlap).int(), min=min_radius)
+        return assign_single_head(gt_boxes, radius, num_classes, num_voxels, spatial_indices, spatial_shape,
+                                  self.point_cloud_range, self.voxel_size, feature_map_stride,
+                                  num_max_objs=num_max_objs, gaussian_type=self.gaussian_type,
+                                  gaussian_ratio=self.gaussian_ratio)
+
+    setattr(assign_target_of_single_head, HOOK_MARK, True)
+    assign_target_of_single_head.original = cls.assign_target_of_single_head
+    cls.assign_target_of_single_head = assign_target_of_single_head
+    return cls
+
+
 # ----------------------------------------------------------------------------- data loader workers
 START_METHOD_ENV = "PCDET_RMAE_TS_START_METHOD"
 
@@ -433,6 +479,7 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     if script == "train.py":
         install_optimizer_hook()
         install_group_lr_tensorboard()
+        install_batched_voxelnext_targets()
     if ours.chdir_tools:
         os.chdir(tools)
     sys.argv = [str(tools / script)] + rest
