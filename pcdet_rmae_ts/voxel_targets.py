@@ -6,9 +6,11 @@ sites carry 14-22 machines per frame plus up to 60 pasted by gt_sampling, so the
 fine-tuning step on an H200 and leaves the GPU idle. :func:`assign_single_head` returns the same four
 tensors from a few batched operations, chunked over boxes to bound memory.
 
-The values are the stock ones bit for bit: the same float32 operations in the same order per element,
+It aims at the stock values bit for bit: the same float32 operations in the same order per element,
 argmin's first-minimum rule for ties, max-accumulation of the Gaussians (order-free), and the Gaussian's
-divisor rounded the way the stock division by a Python float rounds it on each device.
+divisor rounded and applied as the stock division by a Python float is on each device. On the CPU
+tests/test_voxel_targets.py checks that against a box-by-box reference; on CUDA
+tests/test_integration_pcdet.py checks it against OpenPCDet's own loop.
 """
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ BOX_CHUNK = 64  # boxes per batched distance block: 64 x 31k BEV voxels x 2 coor
 def _gaussian(distances: torch.Tensor, radius: torch.Tensor, gaussian_ratio: float) -> torch.Tensor:
     """exp(-d / (2 sigma^2)), sigma = (2 r ratio + 1) / 6, per column (box) of ``distances``.
 
-    The stock code divides by ``2 * sigma * sigma`` computed in Python (double) and passed as a scalar:
-    float32 division on the CPU, multiplication by the float32 reciprocal on CUDA (PyTorch's scalar
-    division kernel). Doing the same keeps the heatmaps identical, not just close."""
-    sigma = (2 * (radius.double() * gaussian_ratio) + 1) / 6
+    The stock code computes ``2 * sigma * sigma`` in Python (double) and divides a tensor by it as a scalar:
+    a float32 division on the CPU, a multiplication by the float32 reciprocal on CUDA (PyTorch's kernel for
+    a CPU-scalar divisor). So the divisor is computed on the host in double (a CUDA double division by 6
+    would also become a reciprocal multiplication) and applied the way the stock device applies it."""
+    sigma = (2 * (radius.cpu().double() * gaussian_ratio) + 1) / 6
     divisor = (2 * sigma * sigma).float()
     if distances.is_cuda:
-        return torch.exp(-distances * torch.reciprocal(divisor))
+        return torch.exp(-distances * torch.reciprocal(divisor).to(distances.device))
     return torch.exp(-distances / divisor)
 
 

@@ -242,8 +242,8 @@ STOCK_TARGETS_ENV = "PCDET_RMAE_TS_STOCK_TARGETS"
 def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = None,
                                       environ: Optional[Mapping[str, str]] = None) -> Optional[type]:
     """Make ``VoxelNeXtHead.assign_target_of_single_head`` compute its targets for all boxes at once
-    (:func:`pcdet_rmae_ts.voxel_targets.assign_single_head`): the same tensors bit for bit, without the
-    per-box Python loop and its host syncs that dominate a fine-tuning step on crowded scenes. Set
+    (:func:`pcdet_rmae_ts.voxel_targets.assign_single_head`): the same targets, without the per-box
+    Python loop and its host syncs that dominate a fine-tuning step on crowded scenes. Set
     ``PCDET_RMAE_TS_STOCK_TARGETS=1`` to keep OpenPCDet's loop. Idempotent; returns the class (None when
     switched off). The stock method stays reachable as ``.original``."""
     if (os.environ if environ is None else environ).get(STOCK_TARGETS_ENV, "") == "1":
@@ -265,8 +265,8 @@ def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = 
         if not announced:
             announced.append(True)
             logging.getLogger(PCDET_LOGGER).info(
-                "VoxelNeXtHead targets: batched over boxes by pcdet_rmae_ts (identical values; %s=1 for the "
-                "stock per-box loop)", STOCK_TARGETS_ENV)
+                "VoxelNeXtHead targets: batched over boxes by pcdet_rmae_ts (the same targets; %s=1 for "
+                "the stock per-box loop)", STOCK_TARGETS_ENV)
         dx = gt_boxes[:, 3] / self.voxel_size[0] / feature_map_stride
         dy = gt_boxes[:, 4] / self.voxel_size[1] / feature_map_stride
         radius = torch.clamp_min(gaussian_radius(dx, dy, min_overlap=gaussian_overlap).int(), min=min_radius)
