@@ -76,3 +76,93 @@ def test_every_fraction_gets_at_least_the_same_optimiser_steps(frames, batch, it
     assert run.finetune_epochs(frames, batch, iterations) == epochs
     steps = epochs * -(-frames // batch)
     assert iterations <= steps < iterations + -(-frames // batch)
+
+
+class FakeCommands:
+    """Stands in for the subprocesses (generator, create_infos, pretraining, dist_train / dist_test): each
+    writes the files the real one would, so the driver's ordering, skipping and records are exercised."""
+
+    def __init__(self, tmp_path):
+        self.pcdet_root = tmp_path / "pcdet"
+        self.calls, self.lock = [], __import__("threading").Lock()
+
+    def __call__(self, cmd, log, env=None):
+        import json
+        import time
+
+        def arg(flag):
+            return cmd[cmd.index(flag) + 1]
+
+        start = time.time()
+        if "pcdet_rmae_ts.data.synthetic" in cmd:
+            out = Path(arg("--out"))
+            (out / "points").mkdir(parents=True)
+            (out / "labels").mkdir()
+            (out / "ImageSets").mkdir()
+            (out / "ImageSets" / "train.txt").write_text("")
+            for i in range(int(arg("--frames"))):
+                (out / "points" / f"{i:06d}.npy").write_bytes(b"")
+        elif "tools/create_infos.py" in cmd:
+            (Path(cmd[-1]) / "custom_infos_val.pkl").write_bytes(b"")
+        elif "tools/train_rmae_cmae_phase1.py" in cmd:
+            time.sleep(0.2)
+            ckpt = (Path(arg("--output_dir")) / "custom_models" / Path(arg("--cfg_file")).stem / arg("--extra_tag")
+                    / "ckpt")
+            ckpt.mkdir(parents=True)
+            (ckpt / f"checkpoint_epoch_{arg('--epochs')}.pth").write_bytes(b"")
+        else:
+            out = self.pcdet_root / "output" / "custom_models" / Path(arg("--cfg_file")).stem / arg("--extra_tag")
+            if "scripts/dist_train.sh" in cmd:
+                encoder = arg("--pretrained_model") if "--pretrained_model" in cmd else None
+                assert encoder is None or Path(encoder).is_file(), "fine-tune started before its encoder existed"
+                assert "--merge_all_iters_to_one_epoch" in cmd
+                folder = out / "eval" / "eval_with_train" / f"epoch_{arg('--epochs')}" / "val"
+            else:
+                folder = out / "eval" / f"epoch_{arg('--ckpt').split('_')[-1].split('.')[0]}" / "val"
+            folder.mkdir(parents=True, exist_ok=True)
+            score = 10.0 + (5.0 if "--pretrained_model" in cmd else 0.0)
+            (folder / "result_custom.json").write_text(json.dumps(
+                {"mAP_3D": score, "mAP_BEV": score + 1, "AP_3D": {"roller": score}, "AP_BEV": {"roller": score}}))
+        with self.lock:
+            self.calls.append((cmd, dict(env or {}), start, time.time()))
+        return time.time() - start
+
+
+def _drive(tmp_path, monkeypatch, fake, *extra):
+    monkeypatch.setattr(run, "sh", fake)
+    monkeypatch.setenv("PCDET_TOOLS", str(fake.pcdet_root / "tools"))
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "work"), "--results",
+                                      str(tmp_path / "results.json"), "--arms", "scratch", "rmae", "--fractions",
+                                      "0.5", "1.0", "--seeds", "2", "--pretrain_frames", "4", "--labelled_frames",
+                                      "8", "--val_frames", "3", "--finetune_iters", "10", "--parallel", "3", *extra])
+    run.main()
+    path = tmp_path / "results.json"
+    return __import__("json").loads(path.read_text()) if path.exists() else []
+
+
+def test_driver_runs_the_plan_in_parallel_waits_for_encoders_and_resumes(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path)
+    records = _drive(tmp_path, monkeypatch, fake)
+    assert len(records) == 2 * 3 + 3  # 50 %: 2 seeds x (scratch, rmae x 2 LR rules); 100 %: 1 seed
+    pretrain_end = max(end for cmd, _, _, end in fake.calls if "tools/train_rmae_cmae_phase1.py" in cmd)
+    pretrained_starts = [start for cmd, _, start, _ in fake.calls if "--pretrained_model" in cmd]
+    assert len(pretrained_starts) == 6 and min(pretrained_starts) >= pretrain_end
+    # one rendezvous port per job (a job's dist_test.sh check runs after its dist_train.sh, on the same port)
+    ports = [env["MASTER_PORT"] for cmd, env, _, _ in fake.calls
+             if "scripts/dist_train.sh" in cmd or "--output_dir" in cmd]
+    assert len(ports) == len(set(ports)) == 9 + 1
+    # equal optimiser steps at batch 4: 4 frames (50 %) take 10 epochs of 1 step, 8 frames 5 epochs of 2
+    epochs = {r["label_fraction"]: r["finetune_epochs"] for r in records}
+    assert epochs == {0.5: 10, 1.0: 5}
+    checked = {(r["arm"], r["lr"]) for r in records if "dist_test_mAP_3D" in r}
+    assert checked == {("scratch", "uniform"), ("rmae", "differential"), ("rmae", "uniform")}
+    assert all(r["seed"] == 0 and r["label_fraction"] == 0.5 for r in records if "dist_test_mAP_3D" in r)
+    assert {r["mAP_3D"] for r in records if r["arm"] == "rmae"} == {15.0}
+    calls = len(fake.calls)
+    assert len(_drive(tmp_path, monkeypatch, fake)) == 9 and len(fake.calls) == calls  # all done: nothing runs
+
+
+def test_driver_starts_nothing_on_the_gpu_once_its_budget_is_spent(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path)
+    assert _drive(tmp_path, monkeypatch, fake, "--budget_s", "-1") == []
+    assert not [cmd for cmd, *_ in fake.calls if "bash" in cmd or "tools/train_rmae_cmae_phase1.py" in cmd]

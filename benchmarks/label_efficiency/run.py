@@ -19,8 +19,9 @@ runs with a seed in ``--dist_test_seeds`` at the smallest fraction are scored ag
 GPU (pretrainings first; a fine-tune waits for its arm's encoder).
 
 Folders under ``--work``: ``pool/`` (generated frames), ``pretrain/`` (ImageSets of the unlabelled +
-labelled pools, no labels used), ``frac_<f>/`` (the labelled subset's infos and gt database: gt_sampling
-never sees objects outside the fraction), ``runs/<name>.log``.
+labelled pools, no labels used), ``pretrain_output/`` (the pretraining runs), ``frac_<f>/`` (the
+labelled subset's infos and gt database: gt_sampling never sees objects outside the fraction),
+``runs/<name>.log``.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def link_pool(folder: Path, pool: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("points", "labels"):
         target = folder / sub
-        if not target.exists():
+        if not target.is_symlink() and not target.exists():
             target.symlink_to(pool / sub, target_is_directory=True)
 
 
@@ -115,9 +116,9 @@ def split_ids(ids: List[str], pretrain_frames: int, labelled_frames: int, val_fr
     return splits
 
 
-def prepare_data(args, work: Path) -> Dict[float, Path]:
-    """Generate the pool once, split it (nested fractions: a fixed shuffle, the first k frames), and
-    write infos per fraction. Returns fraction -> DATA_PATH."""
+def prepare_pool(args, work: Path) -> Dict[str, List[str]]:
+    """Generate the pool once and split it (nested fractions: the first k labelled frames); write the
+    pretraining split, which needs no labels. Returns the splits."""
     pool = work / "pool"
     total = args.pretrain_frames + args.labelled_frames + args.val_frames
     if not (pool / "ImageSets" / "train.txt").exists():
@@ -128,20 +129,21 @@ def prepare_data(args, work: Path) -> Dict[float, Path]:
     if len(ids) != total:
         raise RuntimeError(f"{pool} holds {len(ids)} frames, the plan needs {total}: use a new --work folder")
     splits = split_ids(ids, args.pretrain_frames, args.labelled_frames, args.val_frames, args.fractions)
-    write_ids(work / "pretrain", "train", splits["pretrain"])  # no labels read
+    write_ids(work / "pretrain", "train", splits["pretrain"])
     link_pool(work / "pretrain", pool)
-    folders = {}
-    for fraction in args.fractions:
-        folder = work / f"frac_{fraction:g}"
-        folders[fraction] = folder
-        if (folder / "custom_infos_val.pkl").exists():
-            continue
-        link_pool(folder, pool)
+    return splits
+
+
+def prepare_fraction(fraction: float, splits: Dict[str, List[str]], work: Path) -> Path:
+    """The fraction's DATA_PATH: its train / val ImageSets, infos and gt database (written once)."""
+    folder = work / f"frac_{fraction:g}"
+    if not (folder / "custom_infos_val.pkl").exists():
+        link_pool(folder, work / "pool")
         write_ids(folder, "train", splits[f"train_{fraction:g}"])
         write_ids(folder, "val", splits["val"])
         sh([sys.executable, "tools/create_infos.py", "--cfg_file", FT_CFG, "--set", "DATA_CONFIG.DATA_PATH",
-            str(folder)], work / "data.log")
-    return folders
+            str(folder)], work / f"data_{fraction:g}.log")
+    return folder
 
 
 def pretrain(arm: str, args, work: Path, timings: Dict[str, float], env: Dict[str, str],
@@ -150,7 +152,7 @@ def pretrain(arm: str, args, work: Path, timings: Dict[str, float], env: Dict[st
     not there yet and ``may_start`` is False (the device block's budget is spent)."""
     cfg, extra = PRETRAIN_ARMS[arm]
     tag = f"le_{arm}"
-    ckpt_dir = REPO / "output" / "custom_models" / Path(cfg).stem / tag / "ckpt"
+    ckpt_dir = work / "pretrain_output" / "custom_models" / Path(cfg).stem / tag / "ckpt"
     ckpt = ckpt_dir / f"checkpoint_epoch_{args.pretrain_epochs}.pth"
     if not ckpt.exists():
         if not may_start:
@@ -159,7 +161,8 @@ def pretrain(arm: str, args, work: Path, timings: Dict[str, float], env: Dict[st
         workers = str(2 * args.workers)  # two pretrainings at most, each with batches of 8
         timings[arm] = sh([sys.executable, "tools/train_rmae_cmae_phase1.py", "--cfg_file", cfg, "--batch_size", "8",
                            "--epochs", str(args.pretrain_epochs), "--extra_tag", tag, "--workers", workers,
-                           "--fix_random_seed", "--seed", "0", *amp, "--set", "DATA_CONFIG.DATA_PATH",
+                           "--fix_random_seed", "--seed", "0", "--output_dir", str(work / "pretrain_output"), *amp,
+                           "--set", "DATA_CONFIG.DATA_PATH",
                            str(work / "pretrain"), *extra], work / "runs" / f"pretrain_{arm}.log", env)
         with _TIMINGS_LOCK:
             (work / "pretrain_times.json").write_text(json.dumps(timings, indent=2))
@@ -267,8 +270,8 @@ def main() -> None:
 
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    folders = prepare_data(args, work)
-    frames = {f: len((folders[f] / "ImageSets" / "train.txt").read_text().split()) for f in args.fractions}
+    splits = prepare_pool(args, work)
+    frames = {f: len(splits[f"train_{f:g}"]) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     plan = {k: getattr(args, k) for k in ("profile", "pretrain_frames", "labelled_frames", "val_frames",
@@ -294,19 +297,24 @@ def main() -> None:
         encoder = None if run.arm == "scratch" else encoders[run.arm].result()
         if over_budget() or (run.arm != "scratch" and encoder is None):
             return
-        record = finetune(run, folders[run.label_fraction], frames[run.label_fraction], encoder, args, work,
-                          pcdet_root, job_env(), min(args.fractions))
+        data = folders[run.label_fraction].result()
+        record = finetune(run, data, frames[run.label_fraction], encoder, args, work, pcdet_root, job_env(),
+                          min(args.fractions))
         record.update(pretrain_s=timings.get(run.arm), card=card, commit=commit, plan=plan)
         results.add(record)
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
               f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
 
-    # pretrainings first, then the fine-tunes in plan order (a pretrained one waits for its encoder), so
-    # that a short block still ends with scratch and pretrained runs of the same seeds side by side
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        encoders = {arm: pool.submit(pretrain_job, arm) for arm in arms}
-        jobs = [pool.submit(finetune_job, r) for r in todo]
-        failures = [str(job.exception()) for job in jobs + list(encoders.values()) if job.exception()]
+    # The infos of each fraction are written beside the pretrainings (CPU work, own threads). Pretrainings
+    # take the first GPU slots, then the fine-tunes in plan order (each waits for its infos and encoder),
+    # so that a short block still ends with scratch and pretrained runs of the same seeds side by side.
+    with ThreadPoolExecutor(max_workers=len(args.fractions)) as cpu, \
+            ThreadPoolExecutor(max_workers=max(1, args.parallel)) as gpu:
+        folders = {f: cpu.submit(prepare_fraction, f, splits, work) for f in args.fractions}
+        encoders = {arm: gpu.submit(pretrain_job, arm) for arm in arms}
+        jobs = [gpu.submit(finetune_job, r) for r in todo]
+        waited = jobs + list(encoders.values()) + list(folders.values())
+        failures = [str(job.exception()) for job in waited if job.exception()]
     for failure in sorted(set(failures)):
         print(f"FAILED: {failure}", flush=True)
     print(f"{len(results.records)} records in {results.path}; {time.time() - started:.0f} s", flush=True)
