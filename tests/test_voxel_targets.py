@@ -139,3 +139,63 @@ def test_no_boxes_and_no_valid_boxes_give_empty_targets():
         fast, slow = run_both(empty, radius[:empty.shape[0]], indices)
         assert_identical(fast, slow)
         assert fast[0].abs().sum() == 0 and fast[3].sum() == 0
+
+
+def _openpcdet_source():
+    """OpenPCDet's source tree: ``PCDET_SOURCE`` (the folder holding ``pcdet/``) or an importable pcdet's."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    if os.environ.get("PCDET_SOURCE"):
+        return Path(os.environ["PCDET_SOURCE"]) / "pcdet"
+    spec = importlib.util.find_spec("pcdet")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def _stock_functions(pcdet_dir, module, names):
+    """Functions of one OpenPCDet source file, compiled from its text alone (no pcdet import, no CUDA)."""
+    import ast
+    import textwrap
+
+    text = (pcdet_dir / module).read_text()
+    found = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            scope = {"torch": torch, "np": __import__("numpy")}
+            exec(textwrap.dedent(ast.get_source_segment(text, node)), scope)
+            found[node.name] = scope[node.name]
+    return found
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_batched_targets_equal_openpcdets_own_loop_on_cpu(seed):
+    """OpenPCDet's ``assign_target_of_single_head`` and ``gaussian_radius`` compiled from its source text and
+    run on the CPU, against the launcher's hook on the same head: identical tensors."""
+    import types
+
+    from pcdet_rmae_ts.integration import pcdet as integ
+
+    pcdet_dir = _openpcdet_source()
+    if pcdet_dir is None or not (pcdet_dir / "models" / "dense_heads" / "voxelnext_head.py").is_file():
+        pytest.skip("needs OpenPCDet's source: set PCDET_SOURCE to the folder that holds pcdet/ (no build needed)")
+    utils = types.SimpleNamespace(**_stock_functions(pcdet_dir, "models/model_utils/centernet_utils.py",
+                                                     {"gaussian_radius", "draw_gaussian_to_heatmap_voxels"}))
+    stock = {}
+    for name, fn in _stock_functions(pcdet_dir, "models/dense_heads/voxelnext_head.py",
+                                     {"assign_target_of_single_head", "distance"}).items():
+        fn.__globals__["centernet_utils"] = utils
+        stock[name] = fn
+    module = types.ModuleType("stock_voxelnext_head")
+    module.centernet_utils = utils
+    module.VoxelNeXtHead = type("VoxelNeXtHead", (), dict(stock))
+    head = module.VoxelNeXtHead()
+    head.point_cloud_range, head.voxel_size, head.gaussian_ratio = PC_RANGE, VOXEL, 1
+    head.gaussian_type = [["nearst", "gt_center"], ["gt_center"], ["nearst"], ["nearst", "gt_center"]][seed]
+    boxes, _, indices = scene(seed, num_boxes=70, num_voxels=4000, extras=2 * (seed % 2))
+    args = (4, boxes, indices.shape[0], indices, SHAPE, STRIDE)
+    want = head.assign_target_of_single_head(*args, num_max_objs=60, gaussian_overlap=0.1, min_radius=2)
+    integ.install_batched_voxelnext_targets(module, environ={})
+    got = head.assign_target_of_single_head(*args, num_max_objs=60, gaussian_overlap=0.1, min_radius=2)
+    assert_identical(got, want)
+    assert int(want[3].sum()) > 40
