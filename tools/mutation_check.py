@@ -54,6 +54,7 @@ class Mutant:
 T_OCC = "tests/test_occupancy.py"
 T_BB = "tests/test_backbone.py"
 T_TRAIN = "tests/test_trainer_step.py"
+T_TARGETS = "tests/test_voxel_targets.py"
 T_MASK = "tests/test_masking.py"
 T_TEACHER = "tests/test_teacher.py"
 T_LR = "tests/test_differential_lr.py"
@@ -134,6 +135,13 @@ MUTANTS: Tuple[Mutant, ...] = (
            (T_MASK,)),
     Mutant("masker load_state_dict does nothing", f"{PKG}/masking.py",
            "self.generator(torch.device(key)).set_state(gen_state)", "pass", (T_MASK,)),
+    # ---------------------------------------------------------------- VoxelNeXt targets
+    Mutant("target centre y clamped to the x size", f"{PKG}/voxel_targets.py",
+           "min=0, max=spatial_shape[0] - 0.5)", "min=0, max=spatial_shape[1] - 0.5)", (T_TARGETS,)),
+    Mutant("boxes past NUM_MAX_OBJS get targets", f"{PKG}/voxel_targets.py",
+           "boxes = gt_boxes[:num_max_objs]", "boxes = gt_boxes", (T_TARGETS,)),
+    Mutant("Gaussians overwrite instead of max", f"{PKG}/voxel_targets.py",
+           '"amax", include_self=True)', '"amax", include_self=False)', (T_TARGETS,)),
 )
 
 
