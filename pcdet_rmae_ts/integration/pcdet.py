@@ -245,11 +245,17 @@ def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = 
     (:func:`pcdet_rmae_ts.voxel_targets.assign_single_head`): the same targets, without the per-box
     Python loop and its host syncs that dominate a fine-tuning step on crowded scenes. Set
     ``PCDET_RMAE_TS_STOCK_TARGETS=1`` to keep OpenPCDet's loop. Idempotent; returns the class (None when
-    switched off). The stock method stays reachable as ``.original``."""
+    switched off or when this OpenPCDet has no VoxelNeXtHead). The stock method stays reachable as
+    ``.original``."""
     if (os.environ if environ is None else environ).get(STOCK_TARGETS_ENV, "") == "1":
         return None
     if head_module is None:
-        head_module = importlib.import_module("pcdet.models.dense_heads.voxelnext_head")
+        try:
+            head_module = importlib.import_module("pcdet.models.dense_heads.voxelnext_head")
+        except ModuleNotFoundError as err:
+            if (err.name or "").startswith("pcdet.models.dense_heads"):
+                return None  # an OpenPCDet without VoxelNeXt's head: nothing to batch
+            raise
     cls = head_module.VoxelNeXtHead
     if getattr(cls.assign_target_of_single_head, HOOK_MARK, False):
         return cls
