@@ -166,3 +166,14 @@ def test_driver_starts_nothing_on_the_gpu_once_its_budget_is_spent(tmp_path, mon
     fake = FakeCommands(tmp_path)
     assert _drive(tmp_path, monkeypatch, fake, "--budget_s", "-1") == []
     assert not [cmd for cmd, *_ in fake.calls if "bash" in cmd or "tools/train_rmae_cmae_phase1.py" in cmd]
+
+
+def test_driver_refuses_to_mix_plans_in_one_results_file(tmp_path, monkeypatch, capsys):
+    fake = FakeCommands(tmp_path)
+    assert len(_drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "scratch")) == 1
+    calls = len(fake.calls)
+    with pytest.raises(SystemExit):
+        _drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "scratch", "--finetune_iters", "20")
+    assert "another plan" in capsys.readouterr().err and len(fake.calls) == calls  # refused before any work
+    # --parallel and --workers only change wall times: the same plan
+    assert len(_drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "scratch", "--parallel", "1")) == 1

@@ -46,6 +46,10 @@ PRETRAIN_ARMS = {  # arm -> (pretraining config, extra --set pairs)
                     ["MODEL.BACKBONE_3D.MASKING_TARGET", "voxels"]),
 }
 
+# What makes two runs comparable: records of one results file must agree on these (``--parallel`` and
+# ``--workers`` change only the wall times, which the records keep per run).
+PLAN_KEYS = ("profile", "data_seed", "pretrain_frames", "labelled_frames", "val_frames", "pretrain_epochs",
+             "pretrain_amp", "finetune_iters", "batch_size")
 _TIMINGS_LOCK = threading.Lock()  # the pretrainings run in threads and share pretrain_times.json
 
 
@@ -213,6 +217,17 @@ def load_records(path: Path) -> List[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def other_plans(records: List[dict], plan: dict) -> List[dict]:
+    """The distinct plans (PLAN_KEYS only) of ``records`` that differ from ``plan``."""
+    wanted = {k: plan.get(k) for k in PLAN_KEYS}
+    found = []
+    for record in records:
+        theirs = {k: record.get("plan", {}).get(k) for k in PLAN_KEYS}
+        if theirs != wanted and theirs not in found:
+            found.append(theirs)
+    return found
+
+
 class Results:
     """The results file, rewritten whole after every finished run (by one thread at a time)."""
 
@@ -261,6 +276,11 @@ def main() -> None:
     started = time.time()
     work = (REPO / args.work).resolve()
     results = Results((REPO / args.results).resolve())
+    plan = {k: getattr(args, k) for k in (*PLAN_KEYS, "workers", "parallel")}
+    mixed = other_plans(results.records, plan)
+    if mixed:
+        parser.error(f"{results.path} holds runs of another plan ({mixed[0]}); this one is "
+                     f"{ {k: plan[k] for k in PLAN_KEYS} }. Use another --results file or the same plan.")
     pcdet_root = Path(os.environ["PCDET_TOOLS"]).resolve().parent if os.environ.get("PCDET_TOOLS") else None
     if pcdet_root is None:
         import pcdet
@@ -274,9 +294,6 @@ def main() -> None:
     frames = {f: len(splits[f"train_{f:g}"]) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    plan = {k: getattr(args, k) for k in ("profile", "pretrain_frames", "labelled_frames", "val_frames",
-                                          "pretrain_epochs", "pretrain_amp", "finetune_iters", "batch_size",
-                                          "workers", "parallel")}
     todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full)
             if (r.arm, r.lr, float(r.label_fraction), r.seed) not in results.done()]
     arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
