@@ -279,3 +279,25 @@ def test_batched_voxelnext_targets_hook_replaces_the_loop_once_and_can_be_switch
                               num_max_objs=5)
     assert all(torch.equal(a, b) for a, b in zip(got, want)) and got[3].tolist() == [1, 1, 0, 0, 0]
     assert sum("batched over boxes" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("differential", [False, True])
+def test_merged_epochs_give_the_scheduler_one_epochs_steps(stand_in, pcdet_log, differential):
+    """With --merge_all_iters_to_one_epoch, train.py passes the merged loader's length (all epochs) as one
+    epoch's; the hook divides it back, so the one-cycle schedule spans the run, not 80 times the run."""
+    module, calls = stand_in
+    integ.install_optimizer_hook(module, merged_epochs=True)
+    optim = _optim_cfg(differential=differential)
+    model = TinyDetector()
+    optimizer = module.build_optimizer(model, optim)
+    scheduler, _ = module.build_scheduler(optimizer, total_iters_each_epoch=400, total_epochs=80, last_epoch=-1,
+                                          optim_cfg=optim)
+    assert model.total_steps == 400  # 5 steps in each of 80 epochs
+    if not differential:
+        assert calls[-1] == ("scheduler", 5, 80, -1)
+    else:
+        for it in range(400):
+            scheduler.step(it, it // 5)
+        # the one-cycle LR went up and came back down within the run's 400 steps
+        assert float(optimizer.lr) < 0.01 * float(optim.LR)
+    assert "the LR schedule gets 5 steps per epoch" in pcdet_log.getvalue()

@@ -129,6 +129,7 @@ STANDIN_TOOL = """
     if SCRIPT == "train.py":
         parser.add_argument("--epochs", type=int, default=None)
         parser.add_argument("--fix_random_seed", action="store_true", default=False)
+        parser.add_argument("--merge_all_iters_to_one_epoch", action="store_true", default=False)
     else:
         parser.add_argument("--ckpt", type=str, default=None)
         parser.add_argument("--eval_all", action="store_true", default=False)
@@ -139,8 +140,9 @@ STANDIN_TOOL = """
              "registered": "RMAECMAEDetectorPhase1" in pcdet.models.detectors.__all__,
              "tensorboard_lr": getattr(pcdet.models.model_fn_decorator, HOOK_MARK, False)}
     if SCRIPT == "train.py":
-        from train_utils.optimization import build_optimizer
+        from train_utils.optimization import build_optimizer, build_scheduler
         hooks["optimizer"] = getattr(build_optimizer, HOOK_MARK, False)
+        hooks["merged_epochs"] = getattr(build_scheduler, "merged_epochs", None)
 
     dist.init_process_group("gloo")  # env:// from torchrun
     total = torch.tensor([dist.get_rank()])
@@ -219,7 +221,8 @@ def test_openpcdet_tools_get_rank_and_arguments(tmp_path, script, tool, nprocs):
         cfg.write_text("OPTIMIZATION: {OPTIMIZER: adam, LR: 0.01, LR_WARMUP: True}\n")
         assert failed(check_config(cfg)), "the config must fail the pre-flight check to show --skip_preflight"
         ours = ["--skip_preflight", "--seed", str(SEED)]
-        theirs = ["--cfg_file", str(cfg), "--batch_size", "2", "--epochs", "1", "--fix_random_seed"]
+        theirs = ["--cfg_file", str(cfg), "--batch_size", "2", "--epochs", "1", "--fix_random_seed",
+                  "--merge_all_iters_to_one_epoch"]
     else:
         ours = ["--seed", str(SEED), "--pcdet_tools", str(tools)]
         theirs = ["--cfg_file", str(FINETUNE_CFG), "--batch_size", "2", "--ckpt", "none.pth"]
@@ -232,7 +235,7 @@ def test_openpcdet_tools_get_rank_and_arguments(tmp_path, script, tool, nprocs):
     expected_draw = torch.rand(1).item()
     training = tool == "train.py"  # only train.py gets the differential-LR and tensorboard hooks
     expected_hooks = {"config_lookup": True, "registered": True, "tensorboard_lr": training,
-                      **({"optimizer": True} if training else {})}
+                      **({"optimizer": True, "merged_epochs": True} if training else {})}
     for rank, rec in enumerate(records):
         argv = rec["argv"]
         head = argv[:argv.index("--set")]

@@ -125,10 +125,16 @@ class GroupLRScheduler:
         return getattr(self.scheduler, name)
 
 
-def install_optimizer_hook(module: Optional[types.ModuleType] = None) -> types.ModuleType:
+def install_optimizer_hook(module: Optional[types.ModuleType] = None,
+                           merged_epochs: bool = False) -> types.ModuleType:
     """Replace ``build_optimizer`` / ``build_scheduler`` of ``train_utils.optimization`` (OpenPCDet's
     tools/) with wrappers that use pcdet_rmae_ts.optim when ``OPTIMIZATION.DIFFERENTIAL_LR`` is on and
     delegate to the originals otherwise. Idempotent; returns the module.
+
+    ``merged_epochs``: train.py runs with ``--merge_all_iters_to_one_epoch``. Its loader then holds every
+    epoch's batches, but train.py still passes that length to the scheduler as one epoch's, so the LR
+    schedule would span ``epochs`` times the run. The scheduler gets ``length // epochs`` steps per epoch,
+    as OpenPCDet's own training loop counts them.
 
     Must run before OpenPCDet's train.py body executes (it binds the names at import).
     """
@@ -148,6 +154,11 @@ def install_optimizer_hook(module: Optional[types.ModuleType] = None) -> types.M
         return original_optimizer(model, optim_cfg)
 
     def build_scheduler(optimizer, total_iters_each_epoch, total_epochs, last_epoch, optim_cfg):
+        if merged_epochs and total_epochs > 1:
+            merged, total_iters_each_epoch = total_iters_each_epoch, total_iters_each_epoch // total_epochs
+            logging.getLogger(PCDET_LOGGER).info(
+                "--merge_all_iters_to_one_epoch: the LR schedule gets %d steps per epoch (%d loader steps over "
+                "%d epochs), not the %d that train.py passes", total_iters_each_epoch, merged, total_epochs, merged)
         model = HOOK_STATE.model_ref() if HOOK_STATE.model_ref is not None else None
         if model is not None and hasattr(model, "set_total_steps"):
             model.set_total_steps(int(total_iters_each_epoch) * int(total_epochs))
@@ -164,6 +175,7 @@ def install_optimizer_hook(module: Optional[types.ModuleType] = None) -> types.M
         setattr(wrapper, HOOK_MARK, True)
     build_optimizer.original = original_optimizer
     build_scheduler.original = original_scheduler
+    build_scheduler.merged_epochs = merged_epochs
     module.build_optimizer, module.build_scheduler = build_optimizer, build_scheduler
     return module
 
@@ -483,7 +495,7 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
 
         seed_everything(ours.seed)
     if script == "train.py":
-        install_optimizer_hook()
+        install_optimizer_hook(merged_epochs="--merge_all_iters_to_one_epoch" in rest)
         install_group_lr_tensorboard()
         install_batched_voxelnext_targets()
     if ours.chdir_tools:
