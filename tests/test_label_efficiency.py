@@ -142,7 +142,11 @@ def _drive(tmp_path, monkeypatch, fake, *extra):
 
 def test_driver_runs_the_plan_in_parallel_waits_for_encoders_and_resumes(tmp_path, monkeypatch):
     fake = FakeCommands(tmp_path)
+    killed = fake.pcdet_root / "output" / "custom_models" / Path(run.FT_CFG).stem / "le_scratch_uniform_f0.5_s0"
+    (killed / "ckpt").mkdir(parents=True)
+    (killed / "ckpt" / "latest_model.pth").write_bytes(b"")  # left by a run that a block's end killed
     records = _drive(tmp_path, monkeypatch, fake)
+    assert not (killed / "ckpt" / "latest_model.pth").exists()  # started over, not resumed
     assert len(records) == 2 * 3 + 3  # 50 %: 2 seeds x (scratch, rmae x 2 LR rules); 100 %: 1 seed
     pretrain_end = max(end for cmd, _, _, end in fake.calls if "tools/train_rmae_cmae_phase1.py" in cmd)
     pretrained_starts = [start for cmd, _, start, _ in fake.calls if "--pretrained_model" in cmd]

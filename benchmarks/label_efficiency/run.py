@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -199,8 +200,11 @@ def finetune(run: Run, data: Path, frames: int, encoder: Optional[Path], args, w
              "--merge_all_iters_to_one_epoch", "--ckpt_save_interval", str(epochs)]
     if encoder is not None:
         train += ["--pretrained_model", str(encoder)]
-    finetune_s = sh(train + sets, log, env)
     out = pcdet_root / "output" / "custom_models" / Path(FT_CFG).stem / f"le_{run.name}"
+    # A run without a record starts over: OpenPCDet would resume from a killed run's checkpoints
+    # (a different data order and schedule state) and its folder may hold stale evaluations.
+    shutil.rmtree(out, ignore_errors=True)
+    finetune_s = sh(train + sets, log, env)
     result = read_result(out / "eval" / "eval_with_train" / f"epoch_{epochs}")
     record = dict(asdict(run), mAP_3D=result["mAP_3D"], mAP_BEV=result["mAP_BEV"], AP_3D=result["AP_3D"],
                   AP_BEV=result["AP_BEV"], range=result.get("range"), finetune_s=round(finetune_s, 1),
