@@ -181,3 +181,16 @@ def test_driver_refuses_to_mix_plans_in_one_results_file(tmp_path, monkeypatch, 
     assert "another plan" in capsys.readouterr().err and len(fake.calls) == calls  # refused before any work
     # --parallel and --workers only change wall times: the same plan
     assert len(_drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "scratch", "--parallel", "1")) == 1
+
+
+def test_frozen_rule_adds_a_diagnostic_run_per_arm_with_backbone_lr_zero(tmp_path, monkeypatch):
+    runs = run.plan_runs(["scratch", "rmae"], [0.1], seeds=1, seeds_at_full=1, lr_rules=["differential", "frozen"])
+    assert [(r.arm, r.lr) for r in runs] == [("scratch", "uniform"), ("scratch", "frozen"),
+                                             ("rmae", "differential"), ("rmae", "frozen")]
+    fake = FakeCommands(tmp_path)
+    records = _drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--lr_rules", "frozen")
+    assert {(r["arm"], r["lr"]) for r in records} == {("scratch", "uniform"), ("scratch", "frozen"),
+                                                      ("rmae", "frozen")}
+    frozen = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd and "le_rmae_frozen_f1_s0" in cmd]
+    assert frozen and frozen[0][-4:] == ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.BACKBONE_LR_RATIO",
+                                         "0.0"]

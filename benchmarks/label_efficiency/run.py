@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 FT_CFG = "cfgs/custom_models/rmae_cmae_isarc_4class_finetune_phase1.yaml"
@@ -59,7 +59,7 @@ class Run:
     """One fine-tune: which encoder, which LR rule, how many labels, which seed."""
 
     arm: str  # scratch | rmae | rmae_ts | rmae_voxels
-    lr: str  # differential | uniform
+    lr: str  # differential | uniform | frozen
     label_fraction: float
     seed: int
 
@@ -68,13 +68,25 @@ class Run:
         return f"{self.arm}_{self.lr}_f{self.label_fraction:g}_s{self.seed}"
 
 
-def plan_runs(arms: List[str], fractions: List[float], seeds: int, seeds_at_full: int) -> List[Run]:
-    """Smallest fractions first (that is where pretraining should matter), scratch beside each arm."""
+LR_RULES = {  # LR rule -> OPTIMIZATION overrides of the fine-tune config
+    "differential": ["OPTIMIZATION.DIFFERENTIAL_LR", "True"],  # backbone 0.1x, head 2.0x (the config's ratios)
+    "uniform": ["OPTIMIZATION.DIFFERENTIAL_LR", "False"],  # OpenPCDet's one LR for everything
+    # diagnostic: backbone weights fixed (LR 0; BatchNorm statistics still adapt), head at 2.0x
+    "frozen": ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.BACKBONE_LR_RATIO", "0.0"],
+}
+
+
+def plan_runs(arms: List[str], fractions: List[float], seeds: int, seeds_at_full: int,
+              lr_rules: Sequence[str] = ("differential", "uniform")) -> List[Run]:
+    """Smallest fractions first (that is where pretraining should matter), scratch beside each arm.
+    Scratch trains with one LR (``uniform``), and also ``frozen`` when asked (random features)."""
     runs = []
     for fraction in sorted(fractions):
         for seed in range(seeds if fraction < 1.0 else seeds_at_full):
             for arm in arms:
-                lrs = ["uniform"] if arm == "scratch" else ["differential", "uniform"]
+                lrs = [lr for lr in lr_rules if arm != "scratch" or lr != "differential"]
+                if arm == "scratch" and "uniform" not in lrs:
+                    lrs.insert(0, "uniform")
                 runs.extend(Run(arm, lr, fraction, seed) for lr in lrs)
     return runs
 
@@ -194,8 +206,7 @@ def finetune(run: Run, data: Path, frames: int, encoder: Optional[Path], args, w
     epochs = finetune_epochs(frames, args.batch_size, args.finetune_iters)
     common = ["--cfg_file", FT_CFG, "--batch_size", str(args.batch_size), "--extra_tag", f"le_{run.name}",
               "--workers", str(args.workers)]
-    sets = ["--set", "DATA_CONFIG.DATA_PATH", str(data),
-            "OPTIMIZATION.DIFFERENTIAL_LR", str(run.lr == "differential")]
+    sets = ["--set", "DATA_CONFIG.DATA_PATH", str(data), *LR_RULES[run.lr]]
     train = ["bash", "scripts/dist_train.sh", "1", *common, "--epochs", str(epochs), "--seed", str(run.seed),
              "--merge_all_iters_to_one_epoch", "--ckpt_save_interval", str(epochs)]
     if encoder is not None:
@@ -256,6 +267,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["scratch", "rmae", "rmae_ts"],
                         choices=["scratch", *PRETRAIN_ARMS])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 1.0])
+    parser.add_argument("--lr_rules", nargs="+", default=["differential", "uniform"], choices=list(LR_RULES),
+                        help="fine-tuning LR rules of the pretrained arms (frozen: a diagnostic)")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds below 100 %% labels")
     parser.add_argument("--seeds_at_full", type=int, default=1)
     parser.add_argument("--profile", default="hard")
@@ -298,7 +311,7 @@ def main() -> None:
     frames = {f: len(splits[f"train_{f:g}"]) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full)
+    todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
             if (r.arm, r.lr, float(r.label_fraction), r.seed) not in results.done()]
     arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
     ports = iter(range(29500 + (os.getpid() % 100) * 50, 1 << 16))
