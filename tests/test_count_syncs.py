@@ -1,0 +1,36 @@
+"""The sync counter of benchmarks/count_syncs.py attributes would-sync operators to the package line that
+ran them (CPU proxy; the CUDA mode needs a GPU)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("count_syncs", BENCH / "count_syncs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_proxy_counts_nonzero_unique_and_item_at_their_package_lines():
+    from pcdet_rmae_ts.sparse_align import coalesce_sites, match_sites
+
+    count_syncs = _load()
+    indices = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 3, 4], [1, 0, 0]], dtype=torch.int32)
+    with count_syncs.ProxyCounter() as counter:
+        match_sites(indices, indices[:2], (8, 8))
+        coalesce_sites(indices, torch.ones(4, 2), (8, 8))
+        float(torch.ones(2).sum())  # from this test file: not a package line
+    sites = counter.sites
+    assert any(s.startswith("pcdet_rmae_ts/sparse_align.py:") and s.endswith(" nonzero") for s in sites)
+    assert any(s.startswith("torch/functional.py:") and "<- pcdet_rmae_ts/sparse_align.py:" in s
+               and s.endswith(" _unique2") for s in sites)
+    assert sum(n for s, n in sites.items() if s.endswith("_local_scalar_dense")) == 1
+    assert {count_syncs._area(s) for s in sites} >= {"pcdet_rmae_ts", "torch"}
