@@ -1,16 +1,9 @@
-"""VoxelNeXt's training targets for one head, computed for all boxes at once (a leaf module).
+"""VoxelNeXt's training targets for one head, for all boxes at once (a leaf module): OpenPCDet's
+``VoxelNeXtHead.assign_target_of_single_head`` without its per-box Python loop and host syncs.
 
-OpenPCDet's ``VoxelNeXtHead.assign_target_of_single_head`` walks the boxes in a Python loop, with about
-30 kernel launches and 8 host syncs per box (``dx[k] <= 0``, ``.item()``...). The user's construction
-sites carry 14-22 machines per frame plus up to 60 pasted by gt_sampling, so the loop costs most of a
-fine-tuning step on an H200 and leaves the GPU idle. :func:`assign_single_head` returns the same four
-tensors from a few batched operations, chunked over boxes to bound memory.
-
-It aims at the stock values bit for bit: the same float32 operations in the same order per element,
-argmin's first-minimum rule for ties, max-accumulation of the Gaussians (order-free), and the Gaussian's
-divisor rounded and applied as the stock division by a Python float is on each device. On the CPU
-tests/test_voxel_targets.py checks that against a box-by-box reference; on CUDA
-tests/test_integration_pcdet.py checks it against OpenPCDet's own loop.
+Same values as the stock loop, meant bit for bit (same float32 operations per element, argmin's
+first-minimum rule, order-free max of the Gaussians, the stock rounding of the Gaussian's divisor):
+tests/test_voxel_targets.py checks it on the CPU, tests/test_integration_pcdet.py on CUDA.
 """
 from __future__ import annotations
 
