@@ -194,3 +194,21 @@ def test_frozen_rule_adds_a_diagnostic_run_per_arm_with_backbone_lr_zero(tmp_pat
     frozen = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd and "le_rmae_frozen_f1_s0" in cmd]
     assert frozen and frozen[0][-4:] == ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.BACKBONE_LR_RATIO",
                                          "0.0"]
+
+
+def test_report_per_class_cost_and_score_check_from_hand_records():
+    def rec(arm, lr, fraction, seed, ap_roller, finetune_s, pretrain_s=None, **extra):
+        return dict(arm=arm, lr=lr, label_fraction=fraction, seed=seed, mAP_3D=ap_roller, mAP_BEV=ap_roller,
+                    AP_3D={"roller": ap_roller, "grader": None}, finetune_s=finetune_s, pretrain_s=pretrain_s,
+                    **extra)
+
+    records = [rec("scratch", "uniform", 0.1, 0, 10.0, 50.0, dist_test_mAP_3D=10.0),
+               rec("scratch", "uniform", 0.1, 1, 20.0, 60.0),
+               rec("scratch", "uniform", 1.0, 0, 40.0, 200.0),
+               rec("rmae", "differential", 1.0, 0, 44.0, 220.0, pretrain_s=105.0, dist_test_mAP_3D=43.5)]
+    table = report.per_class_markdown(records)
+    assert "grader" not in table and "| scratch | uniform | 10% | 15.00 |" in table
+    cost = report.cost_markdown(records)
+    assert "fine-tune at 100% labels: 210 s (mean of 2 runs)" in cost and "rmae: 105 s = 0.50 x" in cost
+    assert report.score_check(records).endswith("largest mAP 3-D difference 0.500")
+    assert report.score_check(records[1:3]) == "no run was scored with dist_test.sh"

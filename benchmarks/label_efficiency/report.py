@@ -1,8 +1,9 @@
 """Table and plot of the label-efficiency results (``benchmarks/results/label_efficiency.json``).
 
-Per cell (arm, LR rule, label fraction): mean ± sample std of mAP 3-D / BEV over seeds and per-class AP;
-per pretrained cell its difference to scratch at the same fraction, which counts only when it is larger
-than twice the pooled std of the two cells.
+Per cell (arm, LR rule, label fraction): mean ± sample std of mAP 3-D / BEV over seeds and the mean
+per-class AP; per pretrained cell its difference to scratch at the same fraction, which counts only when
+it is larger than twice the pooled std of the two cells. Then the cost (pretraining as a fraction of one
+full fine-tune) and the agreement of train.py's scores with dist_test.sh's.
 
     python benchmarks/label_efficiency/report.py --results benchmarks/results/label_efficiency.json \\
         --plot benchmarks/results/label_efficiency.png
@@ -71,6 +72,43 @@ def markdown(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_class_markdown(records: Sequence[dict], key: str = "AP_3D") -> str:
+    """Mean per-class AP of each cell (classes without ground truth, None in the records, are left out)."""
+    classes = sorted({c for r in records for c, v in r.get(key, {}).items() if v is not None})
+    cells: Dict[Cell, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for c in classes:
+            if r.get(key, {}).get(c) is not None:
+                cells[(r["arm"], r["lr"], float(r["label_fraction"]))][c].append(float(r[key][c]))
+    lines = [f"| arm | LR | labels | {' | '.join(classes)} |", "| --- | --- | --- |" + " --- |" * len(classes)]
+    for cell in sorted(cells, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1])):
+        values = [f"{mean_std(cells[cell][c])[0]:.2f}" if cells[cell][c] else "—" for c in classes]
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
+    return "\n".join(lines)
+
+
+def cost_markdown(records: Sequence[dict]) -> str:
+    """Wall time of each pretraining and of the fine-tunes, and pretraining as a fraction of one fine-tune
+    at the largest label fraction (the mean over its runs)."""
+    full = max(float(r["label_fraction"]) for r in records)
+    finetune = [float(r["finetune_s"]) for r in records if float(r["label_fraction"]) == full]
+    per_full = sum(finetune) / len(finetune)
+    lines = [f"fine-tune at {full:.0%} labels: {per_full:.0f} s (mean of {len(finetune)} runs)"]
+    pretrain = {r["arm"]: float(r["pretrain_s"]) for r in records if r.get("pretrain_s") is not None}
+    for arm, seconds in sorted(pretrain.items()):
+        lines.append(f"pretraining {arm}: {seconds:.0f} s = {seconds / per_full:.2f} x one fine-tune at {full:.0%}")
+    return "\n".join(lines)
+
+
+def score_check(records: Sequence[dict]) -> str:
+    """train.py's final evaluation against dist_test.sh on the runs scored both ways."""
+    pairs = [(r["mAP_3D"], r["dist_test_mAP_3D"]) for r in records if "dist_test_mAP_3D" in r]
+    if not pairs:
+        return "no run was scored with dist_test.sh"
+    worst = max(abs(a - b) for a, b in pairs)
+    return f"{len(pairs)} runs scored by both train.py and dist_test.sh: largest mAP 3-D difference {worst:.3f}"
+
+
 def plot(records: Sequence[dict], path: Path) -> None:
     import matplotlib
 
@@ -101,6 +139,11 @@ def main() -> None:
     args = parser.parse_args()
     records = json.loads(Path(args.results).read_text())
     print(markdown(records))
+    print("\nPer-class AP 3-D (mean over seeds)\n")
+    print(per_class_markdown(records))
+    print("\nCost\n")
+    print(cost_markdown(records))
+    print(score_check(records))
     if args.plot:
         plot(records, Path(args.plot))
 
