@@ -305,7 +305,8 @@ def test_batched_voxelnext_targets_equal_openpcdets_loop_on_gpu(monkeypatch, see
                        torch.rand(2, 60, 3, generator=g) * 8 + 1, torch.rand(2, 60, 1, generator=g) * 6 - 3,
                        torch.randint(1, 5, (2, 60, 1), generator=g).float()), -1).cuda()
     boxes[0, 7, 3] = 0.0
-    args = ([300, 300], spatial, [22, 22])
+    num_voxels = [torch.tensor(300, device="cuda") for _ in range(2)]  # what _get_voxel_infos passes: 0-dim sums
+    args = (num_voxels, spatial, [22, 22])
     want = head.assign_targets(boxes.clone(), *args)
     integ.install_batched_voxelnext_targets(voxelnext_head)
     assert voxelnext_head.VoxelNeXtHead.assign_target_of_single_head.original is stock

@@ -193,7 +193,7 @@ def test_batched_targets_equal_openpcdets_own_loop_on_cpu(seed):
     head.point_cloud_range, head.voxel_size, head.gaussian_ratio = PC_RANGE, VOXEL, 1
     head.gaussian_type = [["nearst", "gt_center"], ["gt_center"], ["nearst"], ["nearst", "gt_center"]][seed]
     boxes, _, indices = scene(seed, num_boxes=70, num_voxels=4000, extras=2 * (seed % 2))
-    args = (4, boxes, indices.shape[0], indices, SHAPE, STRIDE)
+    args = (4, boxes, torch.tensor(indices.shape[0]), indices, SHAPE, STRIDE)  # a 0-dim count, as VoxelNeXt
     want = head.assign_target_of_single_head(*args, num_max_objs=60, gaussian_overlap=0.1, min_radius=2)
     integ.install_batched_voxelnext_targets(module, environ={})
     got = head.assign_target_of_single_head(*args, num_max_objs=60, gaussian_overlap=0.1, min_radius=2)
