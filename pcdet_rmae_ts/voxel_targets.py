@@ -14,8 +14,8 @@ import torch
 BOX_CHUNK = 64  # boxes per batched distance block: 64 x 31k BEV voxels x 2 coordinates ~ 16 MB in float32
 
 
-def _gaussian(distances: torch.Tensor, radius: torch.Tensor, gaussian_ratio: float) -> torch.Tensor:
-    """exp(-d / (2 sigma^2)), sigma = (2 r ratio + 1) / 6, per column (box) of ``distances``.
+def _gaussian_scale(radius: torch.Tensor, gaussian_ratio: float, device: torch.device) -> torch.Tensor:
+    """Per box, what multiplies (CUDA) or divides (CPU) ``-d`` in exp(-d / (2 sigma^2)), sigma = (2 r ratio + 1) / 6.
 
     The stock code computes ``2 * sigma * sigma`` in Python (double) and divides a tensor by it as a scalar:
     a float32 division on the CPU, a multiplication by the float32 reciprocal on CUDA (PyTorch's kernel for
@@ -23,9 +23,14 @@ def _gaussian(distances: torch.Tensor, radius: torch.Tensor, gaussian_ratio: flo
     would also become a reciprocal multiplication) and applied the way the stock device applies it."""
     sigma = (2 * (radius.cpu().double() * gaussian_ratio) + 1) / 6
     divisor = (2 * sigma * sigma).float()
+    return torch.reciprocal(divisor).to(device) if device.type == "cuda" else divisor
+
+
+def _gaussian(distances: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """exp(-d / (2 sigma^2)) per column (box) of ``distances``, with ``scale`` from :func:`_gaussian_scale`."""
     if distances.is_cuda:
-        return torch.exp(-distances * torch.reciprocal(divisor).to(distances.device))
-    return torch.exp(-distances / divisor)
+        return torch.exp(-distances * scale)
+    return torch.exp(-distances / scale)
 
 
 def assign_single_head(gt_boxes: torch.Tensor, radius: torch.Tensor, num_classes: int, num_voxels: int,
@@ -60,12 +65,12 @@ def assign_single_head(gt_boxes: torch.Tensor, radius: torch.Tensor, num_classes
     dy = boxes[:, 4] / voxel_size[1] / feature_map_stride
     valid = ((dx > 0) & (dy > 0) & (center_int[:, 0] >= 0) & (center_int[:, 0] <= spatial_shape[1])
              & (center_int[:, 1] >= 0) & (center_int[:, 1] <= spatial_shape[0]))
-    keep = valid.nonzero()[:, 0]  # the one host sync: how many boxes get targets
+    keep = valid.nonzero()[:, 0]  # host sync: how many boxes get targets
     if keep.numel() == 0:
         return heatmap, ret_boxes, inds, mask
 
     class_id = (boxes[keep, -1] - 1).long()
-    radius = radius[:num_max_objs][keep]
+    scale = _gaussian_scale(radius[:num_max_objs][keep], gaussian_ratio, gt_boxes.device)  # host copy of radii
     nearest = torch.empty_like(keep)
     for start in range(0, keep.numel(), BOX_CHUNK):  # chunks of boxes, not single boxes
         part = slice(start, start + BOX_CHUNK)
@@ -73,10 +78,10 @@ def assign_single_head(gt_boxes: torch.Tensor, radius: torch.Tensor, num_classes
         nearest[part] = to_center.argmin(dim=0)
         gaussians = []
         if "gt_center" in gaussian_type:
-            gaussians.append(_gaussian(to_center, radius[part], gaussian_ratio))
+            gaussians.append(_gaussian(to_center, scale[part]))
         if "nearst" in gaussian_type:
             to_nearest = ((spatial_indices[:, None, :] - spatial_indices[nearest[part]][None]) ** 2).sum(-1)
-            gaussians.append(_gaussian(to_nearest, radius[part], gaussian_ratio))
+            gaussians.append(_gaussian(to_nearest, scale[part]))
         rows = class_id[part][:, None].expand(-1, heatmap.shape[1])
         for gaussian in gaussians:  # per class, the maximum over its boxes (the stock in-place max)
             heatmap.scatter_reduce_(0, rows, gaussian.t(), "amax", include_self=True)
