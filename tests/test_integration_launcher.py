@@ -167,3 +167,11 @@ def test_dist_scripts_run_torchrun_with_the_launcher(tmp_path, name, target):
 def test_dist_scripts_need_the_gpu_count():
     result = subprocess.run(["bash", str(REPO / "scripts" / "dist_train.sh")], capture_output=True, text=True)
     assert result.returncode != 0 and "NUM_GPUS" in result.stderr
+
+
+def test_tool_flags_end_where_set_values_begin():
+    argv = ["--cfg_file", "a.yaml", "--merge_all_iters_to_one_epoch", "--set", "X.Y", "--merge_all_iters_to_one_epoch"]
+    assert integ._tool_flags(argv) == argv[:3]
+    assert "--merge_all_iters_to_one_epoch" not in integ._tool_flags(
+        ["--epochs", "2", "--set", "A", "--merge_all_iters_to_one_epoch"])
+    assert integ._tool_flags(["--epochs", "2"]) == ["--epochs", "2"]

@@ -421,13 +421,18 @@ def translate_local_rank(argv: Sequence[str], environ: Optional[Mapping[str, str
             out.append("--local_rank")
         else:
             out.append(arg)
-    cut = out.index("--set") if "--set" in out else len(out)
-    head = out[:cut]
+    head = _tool_flags(out)
+    tail = out[len(head):]
     launcher = _arg_value(head, "--launcher")
     has_flag = any(a == "--local_rank" or a.startswith("--local_rank=") for a in head)
     if launcher == "pytorch" and not has_flag and environ.get("LOCAL_RANK") is not None:
         head += ["--local_rank", str(environ["LOCAL_RANK"])]
-    return head + out[cut:]
+    return head + tail
+
+
+def _tool_flags(argv: Sequence[str]) -> List[str]:
+    """The tool's own arguments: what comes before ``--set`` (whose remainder is config values)."""
+    return list(argv[:argv.index("--set")]) if "--set" in argv else list(argv)
 
 
 def _arg_value(argv: Sequence[str], flag: str) -> Optional[str]:
@@ -495,7 +500,7 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
 
         seed_everything(ours.seed)
     if script == "train.py":
-        install_optimizer_hook(merged_epochs="--merge_all_iters_to_one_epoch" in rest)
+        install_optimizer_hook(merged_epochs="--merge_all_iters_to_one_epoch" in _tool_flags(rest))
         install_group_lr_tensorboard()
         install_batched_voxelnext_targets()
     if ours.chdir_tools:
