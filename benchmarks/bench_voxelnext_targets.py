@@ -3,7 +3,7 @@ that does to a whole fine-tuning step.
 
 Part 1 (needs pcdet and CUDA): ``VoxelNeXtHead.assign_targets`` of the fine-tune config's head on a
 batch of 4 synthetic BEV scenes, per (boxes per sample, BEV voxels per sample), stock vs batched, in the
-same run, with whether the outputs are identical (and the largest difference).
+same run (median of --repeats calls), with whether the outputs are identical (and the largest difference).
 
 Part 2 (``--data DIR``, infos made with tools/create_infos.py): ``scripts/dist_train.sh`` on that data,
 once with ``PCDET_RMAE_TS_STOCK_TARGETS=1`` and once without; the mean of OpenPCDet's logged
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pretrain import Timer  # noqa: E402
 from results_file import add_out_argument, append_run, card_name  # noqa: E402
+
+from pcdet_rmae_ts.integration.pcdet import STOCK_TARGETS_ENV, install_batched_voxelnext_targets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FT_CFG = REPO / "cfgs" / "custom_models" / "rmae_cmae_isarc_4class_finetune_phase1.yaml"
@@ -59,25 +63,14 @@ def _inputs(boxes_per_sample: int, voxels: int, batch: int = 4, seed: int = 0):
     return boxes, [voxels] * batch, spatial, [GRID, GRID]
 
 
-def _time_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1e3
-
-
 def bench_assign_targets(sizes, repeats: int) -> list:
     from pcdet.models.dense_heads import voxelnext_head
-
-    from pcdet_rmae_ts.integration.pcdet import install_batched_voxelnext_targets
 
     cls = voxelnext_head.VoxelNeXtHead
     stock = getattr(cls.assign_target_of_single_head, "original", cls.assign_target_of_single_head)
     cls.assign_target_of_single_head = stock
     head = _head()
+    timer = Timer(torch.device("cuda"))  # median of CUDA-event times, after one warm-up call
     rows = []
     for boxes_per_sample, voxels in sizes:
         boxes, *rest = _inputs(boxes_per_sample, voxels)
@@ -87,13 +80,13 @@ def bench_assign_targets(sizes, repeats: int) -> list:
 
         cls.assign_target_of_single_head = stock
         want = assign()
-        stock_ms = _time_ms(assign, repeats)
+        stock_ms = statistics.median(timer(lambda i: assign(), 1, repeats))
         install_batched_voxelnext_targets(voxelnext_head, environ={})
         got = assign()
         pairs = [(a, b) for key in ("heatmaps", "target_boxes", "inds", "masks") for a, b in zip(got[key], want[key])]
         same = all(torch.equal(a, b) for a, b in pairs)
         max_diff = max(float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in pairs)
-        batched_ms = _time_ms(assign, repeats)
+        batched_ms = statistics.median(timer(lambda i: assign(), 1, repeats))
         cls.assign_target_of_single_head = stock
         rows.append(dict(boxes_per_sample=boxes_per_sample, voxels_per_sample=voxels, batch=4,
                          stock_ms=round(stock_ms, 2), batched_ms=round(batched_ms, 2),
@@ -107,7 +100,7 @@ FORWARD = re.compile(r"Train:\s+(\d+)/\d+.*?Forward time: ([0-9.]+)\(")
 
 def bench_finetune(data: str, epochs: int, batch_size: int, log_dir: Path) -> list:
     rows = []
-    for name, env in (("stock loop", {"PCDET_RMAE_TS_STOCK_TARGETS": "1"}), ("batched", {})):
+    for name, env in (("stock loop", {STOCK_TARGETS_ENV: "1"}), ("batched", {})):
         log = log_dir / f"finetune_{name.replace(' ', '_')}.log"
         tag = f"bench_targets_{name.replace(' ', '_')}"
         cmd = ["bash", "scripts/dist_train.sh", "1", "--cfg_file", str(FT_CFG), "--batch_size", str(batch_size),

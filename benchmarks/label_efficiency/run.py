@@ -311,8 +311,9 @@ def main() -> None:
     frames = {f: len(splits[f"train_{f:g}"]) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    done = results.done()
     todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
-            if (r.arm, r.lr, float(r.label_fraction), r.seed) not in results.done()]
+            if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
     arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
     ports = iter(range(29500 + (os.getpid() % 100) * 50, 1 << 16))
     port_lock = threading.Lock()
