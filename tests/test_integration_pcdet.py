@@ -308,7 +308,7 @@ def test_batched_voxelnext_targets_equal_openpcdets_loop_on_gpu(monkeypatch, see
     num_voxels = [torch.tensor(300, device="cuda") for _ in range(2)]  # what _get_voxel_infos passes: 0-dim sums
     args = (num_voxels, spatial, [22, 22])
     want = head.assign_targets(boxes.clone(), *args)
-    integ.install_batched_voxelnext_targets(voxelnext_head)
+    integ.install_batched_voxelnext_targets(voxelnext_head, environ={})
     assert voxelnext_head.VoxelNeXtHead.assign_target_of_single_head.original is stock
     got = head.assign_targets(boxes.clone(), *args)
     for key in ("heatmaps", "target_boxes", "inds", "masks"):
