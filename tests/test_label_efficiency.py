@@ -172,6 +172,21 @@ def test_driver_starts_nothing_on_the_gpu_once_its_budget_is_spent(tmp_path, mon
     assert not [cmd for cmd, *_ in fake.calls if "bash" in cmd or "tools/train_rmae_cmae_phase1.py" in cmd]
 
 
+def test_pretrain_only_pretrains_every_arm_and_runs_nothing_that_needs_openpcdet(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path)
+    monkeypatch.delenv("PCDET_TOOLS", raising=False)
+    monkeypatch.setitem(sys.modules, "pcdet", None)  # an import of pcdet would raise
+    monkeypatch.setattr(run, "sh", fake)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "work"), "--results",
+                                      str(tmp_path / "results.json"), "--arms", "scratch", "rmae", "rmae_ts",
+                                      "--pretrain_frames", "4", "--labelled_frames", "8", "--val_frames", "3",
+                                      "--pretrain_only"])
+    run.main()
+    tools = [next(c for c in cmd if c.startswith(("tools/", "scripts/", "pcdet_rmae_ts"))) for cmd, *_ in fake.calls]
+    assert sorted(tools) == ["pcdet_rmae_ts.data.synthetic"] + ["tools/train_rmae_cmae_phase1.py"] * 2
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_driver_refuses_to_mix_plans_in_one_results_file(tmp_path, monkeypatch, capsys):
     fake = FakeCommands(tmp_path)
     assert len(_drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "scratch")) == 1

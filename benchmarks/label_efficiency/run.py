@@ -286,6 +286,9 @@ def main() -> None:
                         help="at the smallest fraction, also score these seeds with dist_test.sh")
     parser.add_argument("--budget_s", type=float, default=float("inf"),
                         help="start no new job after this many seconds (device blocks are short)")
+    parser.add_argument("--pretrain_only", action="store_true",
+                        help="generate the pool and pretrain the arms' encoders, nothing else: needs no OpenPCDet, "
+                             "so it can run while OpenPCDet is being set up")
     args = parser.parse_args()
     if args.finetune_iters < 10:
         # OpenPCDet's adam_onecycle divides by int(PCT_START x total steps): too few steps crash it
@@ -299,7 +302,7 @@ def main() -> None:
         parser.error(f"{results.path} holds runs of another plan ({mixed[0]}); this one is "
                      f"{ {k: plan[k] for k in PLAN_KEYS} }. Use another --results file or the same plan.")
     pcdet_root = Path(os.environ["PCDET_TOOLS"]).resolve().parent if os.environ.get("PCDET_TOOLS") else None
-    if pcdet_root is None:
+    if pcdet_root is None and not args.pretrain_only:
         import pcdet
 
         pcdet_root = Path(pcdet.__file__).resolve().parents[1]
@@ -315,6 +318,9 @@ def main() -> None:
     todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
             if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
     arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
+    fractions = [] if args.pretrain_only else args.fractions  # infos need OpenPCDet
+    if args.pretrain_only:
+        todo = []
     ports = iter(range(29500 + (os.getpid() % 100) * 50, 1 << 16))
     port_lock = threading.Lock()
 
@@ -343,9 +349,9 @@ def main() -> None:
     # The infos of each fraction are written beside the pretrainings (CPU work, own threads). Pretrainings
     # take the first GPU slots, then the fine-tunes in plan order (each waits for its infos and encoder),
     # so that a short block still ends with scratch and pretrained runs of the same seeds side by side.
-    with ThreadPoolExecutor(max_workers=len(args.fractions)) as cpu, \
+    with ThreadPoolExecutor(max_workers=max(1, len(fractions))) as cpu, \
             ThreadPoolExecutor(max_workers=max(1, args.parallel)) as gpu:
-        folders = {f: cpu.submit(prepare_fraction, f, splits, work) for f in args.fractions}
+        folders = {f: cpu.submit(prepare_fraction, f, splits, work) for f in fractions}
         encoders = {arm: gpu.submit(pretrain_job, arm) for arm in arms}
         jobs = [gpu.submit(finetune_job, r) for r in todo]
         waited = jobs + list(encoders.values()) + list(folders.values())
