@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,40 @@ def test_tool_flags_end_where_set_values_begin():
     assert "--merge_all_iters_to_one_epoch" not in integ._tool_flags(
         ["--epochs", "2", "--set", "A", "--merge_all_iters_to_one_epoch"])
     assert integ._tool_flags(["--epochs", "2"]) == ["--epochs", "2"]
+
+
+def test_numpy_scalars_in_openpcdet_checkpoints_load_and_other_pickles_stay_refused(tmp_path):
+    """OpenPCDet's one-cycle schedule puts numpy.float64 LRs and momenta into the optimizer state; its
+    load_params_from_file calls torch.load with the default weights_only=True (torch >= 2.6). Run in a fresh
+    process: the allow-list is global, and the engine's tests rely on numpy scalars being refused."""
+    code = textwrap.dedent("""
+        import argparse, sys
+        import numpy as np, torch
+        from pcdet_rmae_ts.integration.pcdet import allow_numpy_scalars_in_checkpoints
+        ckpt, other = sys.argv[1], sys.argv[2]
+        state = {"param_groups": [{"lr": np.float64(0.003), "betas": (np.float64(0.95), 0.99)}]}
+        torch.save({"optimizer_state": state, "it": np.int64(400), "loss": np.float32(4.5)}, ckpt)
+        torch.save({"odd": argparse.Namespace(a=1)}, other)
+        try:
+            torch.load(ckpt)
+            refused_before = False
+        except Exception:
+            refused_before = True
+        names = allow_numpy_scalars_in_checkpoints()
+        loaded = torch.load(ckpt)
+        group = loaded["optimizer_state"]["param_groups"][0]
+        assert group["lr"] == np.float64(0.003) and group["betas"][0] == np.float64(0.95), loaded
+        assert loaded["it"] == 400 and loaded["loss"] == np.float32(4.5), loaded
+        try:
+            torch.load(other)
+            print("OTHER_LOADED")
+        except Exception:
+            pass
+        print("REFUSED_BEFORE" if refused_before else "LOADED_BEFORE", names)
+        """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ckpt.pth"), str(tmp_path / "other.pth")],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "OTHER_LOADED" not in out  # only numpy scalars and dtypes are allowed
+    torch_version = tuple(int(x) for x in __import__("torch").__version__.split(".")[:2])
+    if torch_version >= (2, 6):  # weights_only became the default there
+        assert "REFUSED_BEFORE" in out and "numpy.dtype" in out

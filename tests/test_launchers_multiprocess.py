@@ -104,6 +104,7 @@ STANDIN_TOOL = """
     import sys
     from pathlib import Path
 
+    import numpy as np
     import torch
 
     DRAW = torch.rand(1).item()  # the first draw after the launcher's --seed
@@ -143,6 +144,10 @@ STANDIN_TOOL = """
         from train_utils.optimization import build_optimizer, build_scheduler
         hooks["optimizer"] = getattr(build_optimizer, HOOK_MARK, False)
         hooks["merged_epochs"] = getattr(build_scheduler, "merged_epochs", None)
+    # OpenPCDet's load_params_from_file: torch.load with the default weights_only, on a one-cycle checkpoint
+    ckpt = Path(os.environ["STANDIN_OUT"]) / f"{SCRIPT}.{os.environ['LOCAL_RANK']}.pth"
+    torch.save({"optimizer_state": {"param_groups": [{"lr": np.float64(0.003)}]}}, ckpt)
+    hooks["numpy_checkpoint"] = bool(torch.load(ckpt)["optimizer_state"]["param_groups"][0]["lr"] == 0.003)
 
     dist.init_process_group("gloo")  # env:// from torchrun
     total = torch.tensor([dist.get_rank()])
@@ -234,7 +239,7 @@ def test_openpcdet_tools_get_rank_and_arguments(tmp_path, script, tool, nprocs):
     torch.manual_seed(SEED)
     expected_draw = torch.rand(1).item()
     training = tool == "train.py"  # only train.py gets the differential-LR and tensorboard hooks
-    expected_hooks = {"config_lookup": True, "registered": True, "tensorboard_lr": training,
+    expected_hooks = {"config_lookup": True, "registered": True, "tensorboard_lr": training, "numpy_checkpoint": True,
                       **({"optimizer": True, "merged_epochs": True} if training else {})}
     for rank, rec in enumerate(records):
         argv = rec["argv"]

@@ -303,6 +303,34 @@ def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = 
 START_METHOD_ENV = "PCDET_RMAE_TS_START_METHOD"
 
 
+def allow_numpy_scalars_in_checkpoints() -> List[str]:
+    """Let ``torch.load``'s default ``weights_only=True`` (torch >= 2.6) read NumPy scalars; the names allowed.
+
+    OpenPCDet's one-cycle schedule writes ``numpy.float64`` learning rates and momenta into the optimizer
+    state, so every checkpoint of a stock ``adam_onecycle`` run holds NumPy scalars, and OpenPCDet's own
+    ``load_params_from_file`` (train.py's final evaluation, test.py) refuses the file. Only NumPy's scalar
+    reconstruction and numeric dtypes are allowed: any other pickled object is still refused.
+    """
+    import numpy as np
+    import torch
+
+    add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
+    if add_safe_globals is None:  # torch < 2.4: weights_only is not the default there either
+        return []
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    numeric = (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
+    allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in numeric}]
+    add_safe_globals(allowed)
+    names = sorted(f"{obj.__module__}.{obj.__name__}" for obj in allowed)
+    if core.__name__ == "numpy._core":  # files written under numpy 1 name the scalar numpy.core.multiarray.scalar
+        try:
+            add_safe_globals([(core.multiarray.scalar, "numpy.core.multiarray.scalar")])
+            names.append("numpy.core.multiarray.scalar")
+        except TypeError:  # torch < 2.5 takes no (object, name) pairs
+            pass
+    return names
+
+
 def choose_worker_start_method(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """Set the multiprocessing start method before OpenPCDet's ``init_dist_pytorch`` does.
 
@@ -494,6 +522,7 @@ def run_pcdet_tool(script: str, argv: Optional[Sequence[str]] = None) -> None:
     register()
     install_config_lookup()
     install_custom_evaluation()
+    allow_numpy_scalars_in_checkpoints()
     choose_worker_start_method()
     if ours.seed is not None:  # before OpenPCDet builds the model and the data order
         from ..seeding import seed_everything
