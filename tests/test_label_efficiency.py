@@ -227,3 +227,14 @@ def test_report_per_class_cost_and_score_check_from_hand_records():
     assert "fine-tune at 100% labels: 210 s (mean of 2 runs)" in cost and "rmae: 105 s = 0.50 x" in cost
     assert report.score_check(records).endswith("largest mAP 3-D difference 0.500")
     assert report.score_check(records[1:3]) == "no run was scored with dist_test.sh"
+
+
+def test_report_shows_no_spread_for_single_seed_cells():
+    def rec(arm, lr, seed, value):
+        return {"arm": arm, "lr": lr, "label_fraction": 0.1, "seed": seed, "mAP_3D": value, "mAP_BEV": value + 1}
+
+    one = report.markdown([rec("scratch", "uniform", 0, 3.0), rec("rmae", "uniform", 0, 2.0)])
+    assert "nan" not in one and "| 3.00 | 4.00 |" in one and "-1.00 (one seed each" in one
+    three = report.markdown([rec("scratch", "uniform", s, 3.0 + s) for s in range(3)]
+                            + [rec("rmae", "uniform", s, 9.0 + s) for s in range(3)])
+    assert "4.00 ± 1.00" in three and "+6.00 ± 1.00 (yes)" in three

@@ -57,6 +57,11 @@ def compare_to_scratch(cells: Dict[Cell, List[float]]) -> Dict[Cell, Tuple[float
     return out
 
 
+def _pm(mean: float, std: float) -> str:
+    """'mean ± std', or the mean alone where one value gives no spread."""
+    return f"{mean:.2f} ± {std:.2f}" if std == std else f"{mean:.2f}"
+
+
 def markdown(records: Sequence[dict]) -> str:
     by3d, bybev = group(records, "mAP_3D"), group(records, "mAP_BEV")
     vs = compare_to_scratch(by3d)
@@ -66,9 +71,14 @@ def markdown(records: Sequence[dict]) -> str:
         m3, s3 = mean_std(by3d[cell])
         mb, sb = mean_std(bybev[cell])
         diff = vs.get(cell)
-        note = f"{diff[0]:+.2f} ± {diff[1]:.2f} ({'yes' if diff[2] else 'no'})" if diff else "—"
-        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {len(by3d[cell])} | {m3:.2f} ± {s3:.2f} | "
-                     f"{mb:.2f} ± {sb:.2f} | {note} |")
+        if diff is None:
+            note = "—"
+        elif diff[1] != diff[1]:
+            note = f"{diff[0]:+.2f} (one seed each: no spread to judge)"
+        else:
+            note = f"{diff[0]:+.2f} ± {diff[1]:.2f} ({'yes' if diff[2] else 'no'})"
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {len(by3d[cell])} | {_pm(m3, s3)} | "
+                     f"{_pm(mb, sb)} | {note} |")
     return "\n".join(lines)
 
 
