@@ -226,7 +226,7 @@ def test_report_per_class_cost_and_score_check_from_hand_records():
     cost = report.cost_markdown(records)
     assert "fine-tune at 100% labels: 210 s (mean of 2 runs)" in cost and "rmae: 105 s = 0.50 x" in cost
     assert report.score_check(records).endswith("largest mAP 3-D difference 0.500")
-    assert report.score_check(records[1:3]) == "no run was scored with dist_test.sh"
+    assert report.score_check(records[1:3]) == "no run was scored by both train.py and dist_test.sh"
 
 
 def test_report_shows_no_spread_for_single_seed_cells():

@@ -114,7 +114,7 @@ def score_check(records: Sequence[dict]) -> str:
     """train.py's final evaluation against dist_test.sh on the runs scored both ways."""
     pairs = [(r["mAP_3D"], r["dist_test_mAP_3D"]) for r in records if "dist_test_mAP_3D" in r]
     if not pairs:
-        return "no run was scored with dist_test.sh"
+        return "no run was scored by both train.py and dist_test.sh"
     worst = max(abs(a - b) for a, b in pairs)
     return f"{len(pairs)} runs scored by both train.py and dist_test.sh: largest mAP 3-D difference {worst:.3f}"
 
