@@ -142,6 +142,10 @@ MUTANTS: Tuple[Mutant, ...] = (
            "boxes = gt_boxes[:num_max_objs]", "boxes = gt_boxes", (T_TARGETS,)),
     Mutant("Gaussians overwrite instead of max", f"{PKG}/voxel_targets.py",
            '"amax", include_self=True)', '"amax", include_self=False)', (T_TARGETS,)),
+    # ---------------------------------------------------------------- OpenPCDet launcher
+    Mutant("NumPy scalars not allowed in OpenPCDet's checkpoint loads", f"{PKG}/integration/pcdet.py",
+           "    add_safe_globals(allowed)\n", "", ("tests/test_integration_launcher.py",),
+           "stock train.py's final evaluation and test.py then fail on every adam_onecycle checkpoint"),
 )
 
 
