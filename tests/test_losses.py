@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -499,3 +500,28 @@ def test_shipped_phase2_configs_enable_every_loss(path):
     assert weights["TEACHER_STUDENT_WEIGHT"] == 0.6 and cfg.MODEL.BACKBONE_3D.TEACHER_BACKBONE_TYPE == "ema"
     configs = phase2_configs(cfg.MODEL.BACKBONE_3D, weights)
     assert all(c.enabled and c.weight > 0 for c in configs.values())
+
+
+def test_per_scene_mean_weighs_scenes_equally_skips_weightless_ones_and_never_syncs():
+    import importlib.util
+    from pathlib import Path
+
+    from pcdet_rmae_ts.losses.common import per_scene_mean
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("count_syncs", bench / "count_syncs.py")
+    count_syncs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(count_syncs)
+
+    values = torch.tensor([1.0, 3.0, 10.0, 7.0, 5.0], requires_grad=True)
+    batch = torch.tensor([0, 0, 1, 2, 2])  # scene 3 has no entries, scene 2 only zero weights
+    weights = torch.tensor([1.0, 1.0, 2.0, 0.0, 0.0])
+    with count_syncs.ProxyCounter() as counter:
+        loss = per_scene_mean(values, batch, 4, weights)
+        loss.backward()
+    assert not counter.sites, counter.sites  # no boolean indexing, nonzero or item, forward or backward
+    assert loss.item() == pytest.approx((2.0 + 10.0) / 2)  # scene means 2 and 10; scenes 2 and 3 left out
+    assert torch.isfinite(values.grad).all() and values.grad[3:].abs().sum() == 0
+    assert torch.allclose(values.grad[:3], torch.tensor([0.25, 0.25, 0.5]))
+    assert torch.isnan(per_scene_mean(values.detach(), batch, 4, torch.zeros(5)))  # no scene: NaN, as mean([])

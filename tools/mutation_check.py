@@ -142,6 +142,10 @@ MUTANTS: Tuple[Mutant, ...] = (
            "boxes = gt_boxes[:num_max_objs]", "boxes = gt_boxes", (T_TARGETS,)),
     Mutant("Gaussians overwrite instead of max", f"{PKG}/voxel_targets.py",
            '"amax", include_self=True)', '"amax", include_self=False)', (T_TARGETS,)),
+    # ---------------------------------------------------------------- teacher-student losses
+    Mutant("per-scene mean divides by all scenes, weightless ones too", f"{PKG}/losses/common.py",
+           "return (scene * valid).sum() / valid.sum()", "return (scene * valid).sum() / batch_size",
+           ("tests/test_losses.py",), "a batch with an empty scene would shrink the MLFR and contrast losses"),
     # ---------------------------------------------------------------- OpenPCDet launcher
     Mutant("NumPy scalars not allowed in OpenPCDet's checkpoint loads", f"{PKG}/integration/pcdet.py",
            "    add_safe_globals(allowed)\n", "", ("tests/test_integration_launcher.py",),
