@@ -65,7 +65,8 @@ def collapse_to_bev(x) -> "spconv.SparseConvTensor":
     """Drop z and sum the features of rows that land on the same (b, y, x) cell (rows sorted by
     (b, y, x), as VoxelNeXt's ``torch.unique(dim=0)`` does)."""
     shape = list(x.spatial_shape[1:])
-    keys, features = coalesce_sites(x.indices[:, [0, 2, 3]], x.features, shape)
+    bev_indices = torch.cat((x.indices[:, :1], x.indices[:, 2:]), 1)  # [b, y, x]; a list index would copy to the GPU
+    keys, features = coalesce_sites(bev_indices, x.features, shape)
     return spconv.SparseConvTensor(features, keys_to_indices(keys, shape), shape, x.batch_size)
 
 
@@ -158,9 +159,10 @@ class VoxelNeXtEncoder(nn.Module):
     @staticmethod
     def _merge_deep_stages(x_conv4, x_conv5, x_conv6):
         """Bring conv5/conv6 sites to stride-8 coordinates and stack them under conv4's rows."""
-        scale = torch.tensor([[1, 2, 2, 2], [1, 4, 4, 4]], dtype=x_conv5.indices.dtype,
-                             device=x_conv5.indices.device)
-        indices = torch.cat([x_conv4.indices, x_conv5.indices * scale[0], x_conv6.indices * scale[1]])
+        def scaled(indices, factor):  # [b, z, y, x] -> [b, f z, f y, f x], without a host-to-device copy
+            return torch.cat((indices[:, :1], indices[:, 1:] * factor), 1)
+
+        indices = torch.cat([x_conv4.indices, scaled(x_conv5.indices, 2), scaled(x_conv6.indices, 4)])
         merged = x_conv4.replace_feature(torch.cat([x_conv4.features, x_conv5.features, x_conv6.features]))
         merged.indices = indices
         return merged
