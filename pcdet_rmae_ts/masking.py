@@ -131,7 +131,7 @@ class MaskResult:
 def voxel_centres_xy(coords: torch.Tensor, voxel_size: Sequence[float],
                      point_cloud_range: Sequence[float]) -> torch.Tensor:
     """(N, 2) metric x, y of voxel centres from (N, 4) [b, z, y, x] coords."""
-    ixy = coords[:, [3, 2]].to(torch.float32)
+    ixy = torch.stack((coords[:, 3], coords[:, 2]), 1).to(torch.float32)  # a list index would copy to the GPU
     size = device_constant(tuple(float(v) for v in voxel_size[:2]), coords.device)
     origin = device_constant(tuple(float(v) for v in point_cloud_range[:2]), coords.device)
     return (ixy + 0.5) * size + origin

@@ -68,7 +68,7 @@ def occupancy_targets(coords: torch.Tensor, batch_size: int, sparse_shape: Seque
     flat = ((cells[:, 0] * shape[0] + cells[:, 1] // stride) * shape[1] + cells[:, 2] // stride) * shape[2] \
         + cells[:, 3] // stride
     target = torch.zeros(batch_size * shape[0] * shape[1] * shape[2], device=coords.device)
-    target[flat] = 1.0
+    target.index_fill_(0, flat, 1.0)  # `target[flat] = 1.0` would copy the value to the GPU: a host sync
     return target.view(batch_size, *shape)
 
 
