@@ -195,7 +195,8 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
             ret["teacher"] = self._teacher_forward(features, coords, batch_size)
             batch_dict["teacher_outputs"] = ret["teacher"]
         mask = self.masker(coords, batch_size)
-        student = self.encode(features[mask.keep], coords[mask.keep], batch_size)
+        kept = mask.keep.nonzero().squeeze(1)  # one host sync; index_select's backward is an index_add
+        student = self.encode(features.index_select(0, kept), coords.index_select(0, kept), batch_size)
         batch_dict.update(student)
         ret.update(mask=mask, student=student,
                    occupancy_logits=self.occupancy_decoder(self._occupancy_source_tensor(student), batch_size))
