@@ -12,10 +12,12 @@ second half (the same targets, masking and per-sample averaging as training):
   copy+per_z_range  the visible cells copied from the input (their occupancy is in the input; a loss of
                   ~0 there), per_z_range in the masked sectors: geometry plus copying, no content
 
-Compare with the trained model's logged ``loss_rmae`` (e.g. 0.014 after 8 epochs on the H200,
+With ``--ckpt`` a pretrained encoder (``tools/train_rmae_cmae_phase1.py``'s checkpoint of the Phase 1
+config) is scored on the same held-out frames, with the masks its own forward drew: the row "pretrained"
+is the held-out counterpart of its logged ``loss_rmae`` (e.g. 0.014 after 8 epochs on the H200,
 ``results/logs/label_efficiency_s3_h200.txt``). The table also gives the positive ratio and the share of
-positives in the masked sectors. Usage (CPU is enough; PYTHONPATH=.):
-  python benchmarks/occupancy_floor.py --frames 16 --profile hard
+positives in the masked sectors. Usage (CPU is enough without --ckpt; PYTHONPATH=.):
+  python benchmarks/occupancy_floor.py --frames 32 --profile hard [--ckpt checkpoint_epoch_8.pth]
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,8 @@ from bench_data import CLASSES  # noqa: E402
 from bench_pretrain import data_cfg, row_config, write_frames  # noqa: E402
 
 from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
+from pcdet_rmae_ts.engine.batch import batch_to_device  # noqa: E402
+from pcdet_rmae_ts.engine.checkpoint import load_checkpoint  # noqa: E402
 from pcdet_rmae_ts.models.pretrain_model import PretrainModel  # noqa: E402
 from pcdet_rmae_ts.occupancy import masked_sector_cells, occupancy_targets  # noqa: E402
 
@@ -56,20 +60,31 @@ def sample_bce(prob: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -
     return (loss * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
 
 
-def collect(loader, model, batches: int) -> List[Dict[str, torch.Tensor]]:
-    """Per batch: occupancy targets, the valid (in-range) cells and the masked-sector cells."""
+def collect(loader, model, batches: int, run_model: bool = False,
+            device: Optional[torch.device] = None) -> List[Dict[str, torch.Tensor]]:
+    """Per batch: occupancy targets, the valid (in-range) cells and the masked-sector cells; with
+    ``run_model``, also the model's occupancy probabilities (its training-mode forward, without gradients:
+    the masks are the ones that forward drew)."""
     bb = model.backbone_3d
     stride = bb.occupancy_cfg.stride
     out = []
     for batch in loader:
-        coords = torch.as_tensor(batch["voxel_coords"]).int()
         size = int(batch["batch_size"])
+        prob = None
+        if run_model:
+            with torch.no_grad():
+                model(batch_to_device({k: v for k, v in batch.items() if k != "points"}, device or torch.device("cpu")))
+            ret = bb.forward_ret_dict
+            coords, mask = ret["coords"].cpu(), ret["mask"]
+            prob = torch.sigmoid(ret["occupancy_logits"].float()).cpu()
+        else:
+            coords = torch.as_tensor(batch["voxel_coords"]).int()
+            mask = bb.masker(coords, size)
         target = occupancy_targets(coords, size, bb.sparse_shape, stride)
-        valid = bb.occupancy_valid[None].expand_as(target)
-        mask = bb.masker(coords, size)
+        valid = bb.occupancy_valid.cpu()[None].expand_as(target)
         masked = valid & masked_sector_cells(mask, size, bb.occupancy_shape[1:], stride, bb.voxel_size,
-                                             bb.point_cloud_range)[:, None]
-        out.append({"target": target, "valid": valid, "masked": masked})
+                                             bb.point_cloud_range).cpu()[:, None]
+        out.append({"target": target, "valid": valid, "masked": masked, **({"prob": prob} if run_model else {})})
         if len(out) >= batches:
             break
     return out
@@ -104,6 +119,8 @@ def score(batches, priors) -> Dict[str, Dict[str, float]]:
             "per_z_range": grid,
             "copy+per_z_range": torch.where(masked, grid, target),  # visible cells: their own occupancy
         }
+        if "prob" in b:
+            predictions["pretrained"] = b["prob"]
         for name, prob in predictions.items():
             row = rows.setdefault(name, {"all": [], "masked": []})
             row["all"].append(sample_bce(prob, target, valid))
@@ -117,18 +134,28 @@ def main() -> None:
     parser.add_argument("--profile", default="hard")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--data", default=None, help="folder for the generated frames (default: a temp folder)")
+    parser.add_argument("--ckpt", default=None, help="also score this Phase 1 pretraining checkpoint")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="generator seed (the label-efficiency pool uses 0: another seed gives frames that a "
+                             "pretrained encoder never saw)")
+    parser.add_argument("--quick", action="store_true", help="a small grid (a quick check, not the user's grid)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    data = Path(args.data or Path(tempfile.gettempdir()) / f"pcdet_rmae_ts_occfloor/{args.profile}_{args.frames}")
-    write_frames(data, args.frames, args.profile)
-    data_config = data_cfg(data, quick=False)
+    data = Path(args.data or Path(tempfile.gettempdir())
+                / f"pcdet_rmae_ts_occfloor/{args.profile}_{args.frames}_seed{args.seed}")
+    write_frames(data, args.frames, args.profile, seed=args.seed)
+    data_config = data_cfg(data, quick=args.quick)
     data_config.DATA_AUGMENTOR.AUG_CONFIG_LIST = []  # the frames as generated
     dataset, loader, sampler = build_dataloader(data_config, CLASSES, batch_size=args.batch_size, workers=0,
                                                 seed=0, training=True, pin_memory=False)
     sampler.set_epoch(0)
     model = PretrainModel.from_config(row_config("teacher_off"), dataset)
-    batches = collect(loader, model, -(-args.frames // args.batch_size))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.ckpt:
+        model.load_state_dict(load_checkpoint(Path(args.ckpt))["model_state"])
+        model.to(device).train()  # training-mode forward: masking on, as in loss_rmae
+    batches = collect(loader, model, -(-args.frames // args.batch_size), run_model=bool(args.ckpt), device=device)
     half = len(batches) // 2
     bb = model.backbone_3d
     rings = cell_range_rings(bb.occupancy_shape, bb.occupancy_cfg.stride, bb.voxel_size, bb.point_cloud_range)
@@ -138,7 +165,8 @@ def main() -> None:
     target = torch.cat([b["target"] for b in held_out])
     valid = torch.cat([b["valid"] for b in held_out])
     masked = torch.cat([b["masked"] for b in held_out])
-    print(f"{args.profile} frames at the user's grid, stride {bb.occupancy_cfg.stride}, "
+    grid = "a small grid (--quick)" if args.quick else "the user's grid"
+    print(f"{args.profile} frames at {grid}, stride {bb.occupancy_cfg.stride}, "
           f"coarse grid {tuple(bb.occupancy_shape)}; priors fitted on {half * args.batch_size} frames, "
           f"scored on {len(held_out) * args.batch_size}")
     print(f"positive ratio: {float(target[valid].mean()):.4f} of the valid cells, "

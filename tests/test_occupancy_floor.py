@@ -55,3 +55,29 @@ def test_range_rings_grow_with_distance_from_the_sensor():
                                    point_cloud_range=[-4.0, -4.0, -1.0, 4.0, 4.0, 1.0])
     # cell centres at +-1 m and +-3 m: 1.41 m (ring 0), 3.16 m (ring 0), 4.24 m (ring 1)
     assert rings.tolist() == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]]
+
+
+def test_the_pretrained_row_is_the_models_own_occupancy_loss_on_its_own_masks(tmp_path):
+    """The row a --ckpt run adds is what training logs as loss_rmae for the same forward: same targets,
+    same masked sectors, same per-sample reduction."""
+    floor = _load()
+    from bench_data import CLASSES
+    from bench_pretrain import data_cfg, row_config, write_frames
+
+    from pcdet_rmae_ts.data import build_dataloader
+    from pcdet_rmae_ts.models.pretrain_model import PretrainModel
+
+    torch.manual_seed(0)
+    data_config = data_cfg(write_frames(tmp_path / "frames", 2, "demo"), quick=True)
+    data_config.DATA_AUGMENTOR.AUG_CONFIG_LIST = []
+    dataset, loader, sampler = build_dataloader(data_config, CLASSES, batch_size=2, workers=0, seed=0,
+                                                training=True, pin_memory=False)
+    sampler.set_epoch(0)
+    model = PretrainModel.from_config(row_config("teacher_off"), dataset).train()
+    batches = floor.collect(loader, model, 1, run_model=True)
+    logged = float(model.backbone_3d.get_loss()[1]["loss_rmae"])
+    rings = floor.cell_range_rings(model.backbone_3d.occupancy_shape, 8, model.backbone_3d.voxel_size,
+                                   model.backbone_3d.point_cloud_range)
+    scores = floor.score(batches, floor.fit_priors(batches, rings))
+    assert abs(scores["pretrained"]["all"] - logged) < 1e-4 * logged
+    assert scores["pretrained"]["masked"] != scores["pretrained"]["all"]
