@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import CLASSES  # noqa: E402
-from bench_pretrain import data_cfg, row_config, write_frames  # noqa: E402
+from bench_pretrain import PHASE1_CFG, data_cfg, row_config, write_frames  # noqa: E402
 
+from pcdet_rmae_ts.config import cfg_from_yaml_file  # noqa: E402
 from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
 from pcdet_rmae_ts.engine.batch import batch_to_device  # noqa: E402
 from pcdet_rmae_ts.engine.checkpoint import load_checkpoint  # noqa: E402
@@ -150,7 +151,9 @@ def main() -> None:
     dataset, loader, sampler = build_dataloader(data_config, CLASSES, batch_size=args.batch_size, workers=0,
                                                 seed=0, training=True, pin_memory=False)
     sampler.set_epoch(0)
-    model = PretrainModel.from_config(row_config("teacher_off"), dataset)
+    # a checkpoint is scored with the config it was trained with (the Phase 1 config, teacher as it sets it)
+    model = PretrainModel.from_config(cfg_from_yaml_file(PHASE1_CFG) if args.ckpt else row_config("teacher_off"),
+                                      dataset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.ckpt:
         model.load_state_dict(load_checkpoint(Path(args.ckpt))["model_state"])
