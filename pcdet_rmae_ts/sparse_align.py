@@ -57,4 +57,5 @@ def match_sites(query: torch.Tensor, reference: torch.Tensor,
     """
     sorted_keys, order = torch.sort(site_keys(reference, spatial_shape))
     found, pos = lookup_keys(site_keys(query, spatial_shape), sorted_keys)
-    return torch.nonzero(found, as_tuple=True)[0], order[pos[found]]
+    rows = torch.nonzero(found, as_tuple=True)[0]  # the one host sync: how many sites match
+    return rows, order[pos[rows]]

@@ -297,6 +297,28 @@ def test_frame_contrast_matches_loop_reference(seed):
     assert t_projected.grad is None and teacher["encoded_spconv_tensor"].features.grad is None
 
 
+def test_frame_contrast_leaves_out_a_frame_the_student_does_not_see():
+    """Frame 1 fully masked (no student site): the loss is the InfoNCE of frames 0 and 2 alone."""
+    torch.manual_seed(0)
+    _, teacher, (s_idx, s_feat, t_idx, t_projected) = frame_views(0)
+    seen = [i for i, site in enumerate(s_idx) if site[0] != 1]
+    s_idx = [s_idx[i] for i in seen]
+    s_feat = s_feat.detach()[seen].requires_grad_(True)
+    student = outputs({}, sparse(s_idx, s_feat, [4, 4], 3))
+    projector = torch.nn.Linear(6, 5)
+    loss = FrameContrastLoss(5, tau=0.25)
+    value, parts = loss(student=with_projection(student, projector), teacher=teacher, mask=None, batch_size=3)
+    with torch.no_grad():
+        queries, keys = [], []
+        for b in (0, 2):
+            s_rows = [projector(s_feat[i]) for i, site in enumerate(s_idx) if site[0] == b]
+            queries.append(loss.predictor(sum(s_rows) / len(s_rows)))
+            keys.append(sum(t_projected[i] for i, site in enumerate(t_idx) if site[0] == b) / sum(
+                1 for site in t_idx if site[0] == b))
+    assert float(parts["num_frames"]) == 2
+    assert float(value.detach()) == pytest.approx(sum(ref_info_nce(queries, keys, [0, 1], 0.25)) / 2, rel=1e-5)
+
+
 def test_frame_contrast_single_frame_errors_or_skips_with_a_log_line(caplog):
     student, teacher, _ = frame_views(0, batch_size=1)
     student = with_projection(student, torch.nn.Linear(6, 5))

@@ -60,8 +60,8 @@ class FrameContrastLoss(nn.Module):
         s_pool, s_count = mean_pool(student["projected_bev"].float(), s_bev.indices[:, 0].long(), batch_size)
         t_pool, t_count = mean_pool(teacher["projected_bev"].detach().float(), t_bev.indices[:, 0].long(),
                                     batch_size)
-        present = (s_count > 0) & (t_count > 0)
-        return self.predictor(s_pool[present]), t_pool[present]
+        present = torch.nonzero((s_count > 0) & (t_count > 0), as_tuple=True)[0]  # one sync, not one per view
+        return self.predictor(s_pool.index_select(0, present)), t_pool.index_select(0, present)
 
     def forward(self, student: dict, teacher: dict, batch_size: int, **unused) -> Tuple[torch.Tensor, dict]:
         query, local_keys = self.embeddings(student, teacher, batch_size)
