@@ -2,27 +2,13 @@
 ran them (CPU proxy; the CUDA mode needs a GPU)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("count_syncs", BENCH / "count_syncs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_proxy_counts_nonzero_unique_and_item_at_their_package_lines():
+def test_proxy_counts_nonzero_unique_and_item_at_their_package_lines(bench_module):
     from pcdet_rmae_ts.sparse_align import coalesce_sites, match_sites
 
-    count_syncs = _load()
+    count_syncs = bench_module("count_syncs")
     indices = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 3, 4], [1, 0, 0]], dtype=torch.int32)
     with count_syncs.ProxyCounter() as counter:
         match_sites(indices, indices[:2], (8, 8))

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import socket
-import sys
 
 import pytest
 import torch
@@ -524,17 +523,10 @@ def test_shipped_phase2_configs_enable_every_loss(path):
     assert all(c.enabled and c.weight > 0 for c in configs.values())
 
 
-def test_per_scene_mean_weighs_scenes_equally_skips_weightless_ones_and_never_syncs():
-    import importlib.util
-    from pathlib import Path
-
+def test_per_scene_mean_weighs_scenes_equally_skips_weightless_ones_and_never_syncs(bench_module):
     from pcdet_rmae_ts.losses.common import per_scene_mean
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("count_syncs", bench / "count_syncs.py")
-    count_syncs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(count_syncs)
+    count_syncs = bench_module("count_syncs")
 
     values = torch.tensor([1.0, 3.0, 10.0, 7.0, 5.0], requires_grad=True)
     batch = torch.tensor([0, 0, 1, 2, 2])  # scene 3 has no entries, scene 2 only zero weights

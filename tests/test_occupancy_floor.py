@@ -2,21 +2,7 @@
 the copy predictor is exact on visible cells and uses the prior only in masked sectors."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("occupancy_floor", BENCH / "occupancy_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _batch(target: torch.Tensor, masked_x: int) -> dict:
@@ -26,8 +12,8 @@ def _batch(target: torch.Tensor, masked_x: int) -> dict:
     return {"target": target, "valid": valid, "masked": masked}
 
 
-def test_priors_follow_height_and_range_and_copy_is_exact_where_visible():
-    floor = _load()
+def test_priors_follow_height_and_range_and_copy_is_exact_where_visible(bench_module):
+    floor = bench_module("occupancy_floor")
     z, y, x = 3, 4, 6
     rings = torch.arange(x).expand(y, x) // 3  # two range rings: columns 0-2 and 3-5
     target = torch.zeros(2, z, y, x)
@@ -49,18 +35,18 @@ def test_priors_follow_height_and_range_and_copy_is_exact_where_visible():
     assert abs(scores["copy+per_z_range"]["masked"] - scores["per_z_range"]["masked"]) < 1e-6
 
 
-def test_range_rings_grow_with_distance_from_the_sensor():
-    floor = _load()
+def test_range_rings_grow_with_distance_from_the_sensor(bench_module):
+    floor = bench_module("occupancy_floor")
     rings = floor.cell_range_rings((1, 4, 4), stride=10, voxel_size=[0.2, 0.2, 0.2],
                                    point_cloud_range=[-4.0, -4.0, -1.0, 4.0, 4.0, 1.0])
     # cell centres at +-1 m and +-3 m: 1.41 m (ring 0), 3.16 m (ring 0), 4.24 m (ring 1)
     assert rings.tolist() == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]]
 
 
-def test_the_pretrained_row_is_the_models_own_occupancy_loss_on_its_own_masks(tmp_path):
+def test_the_pretrained_row_is_the_models_own_occupancy_loss_on_its_own_masks(tmp_path, bench_module):
     """The row a --ckpt run adds is what training logs as loss_rmae for the same forward: same targets,
     same masked sectors, same per-sample reduction."""
-    floor = _load()
+    floor = bench_module("occupancy_floor")
     from bench_data import CLASSES
     from bench_pretrain import data_cfg, row_config, write_frames
 
