@@ -299,10 +299,7 @@ def install_batched_voxelnext_targets(head_module: Optional[types.ModuleType] = 
     return cls
 
 
-# ----------------------------------------------------------------------------- data loader workers
-START_METHOD_ENV = "PCDET_RMAE_TS_START_METHOD"
-
-
+# ----------------------------------------------------------------------------- checkpoints
 def allow_numpy_scalars_in_checkpoints() -> List[str]:
     """Let ``torch.load``'s default ``weights_only=True`` (torch >= 2.6) read NumPy scalars; the names allowed.
 
@@ -329,6 +326,10 @@ def allow_numpy_scalars_in_checkpoints() -> List[str]:
         except TypeError:  # torch < 2.5 takes no (object, name) pairs
             pass
     return names
+
+
+# ----------------------------------------------------------------------------- data loader workers
+START_METHOD_ENV = "PCDET_RMAE_TS_START_METHOD"
 
 
 def choose_worker_start_method(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
