@@ -40,7 +40,7 @@ from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
 from pcdet_rmae_ts.engine.batch import batch_to_device  # noqa: E402
 from pcdet_rmae_ts.engine.checkpoint import load_checkpoint  # noqa: E402
 from pcdet_rmae_ts.models.pretrain_model import PretrainModel  # noqa: E402
-from pcdet_rmae_ts.occupancy import masked_sector_cells, occupancy_targets  # noqa: E402
+from pcdet_rmae_ts.occupancy import cell_centres, masked_sector_cells, occupancy_targets  # noqa: E402
 
 RING_M = 4.0
 EPS = 1e-6
@@ -49,8 +49,8 @@ EPS = 1e-6
 def cell_range_rings(shape, stride: int, voxel_size, point_cloud_range) -> torch.Tensor:
     """(Y', X') long: the 4 m range ring of each coarse BEV cell's centre (sensor at the origin)."""
     ny, nx = shape[-2], shape[-1]
-    ys = (torch.arange(ny) + 0.5) * stride * voxel_size[1] + point_cloud_range[1]
-    xs = (torch.arange(nx) + 0.5) * stride * voxel_size[0] + point_cloud_range[0]
+    ys = cell_centres(ny, stride, voxel_size[1], point_cloud_range[1])
+    xs = cell_centres(nx, stride, voxel_size[0], point_cloud_range[0])
     return (torch.hypot(ys[:, None], xs[None, :]) / RING_M).long()
 
 
@@ -178,7 +178,6 @@ def main() -> None:
     print(f"{'predictor':<18} {'BCE all cells':>14} {'BCE masked':>11}")
     for name, row in scores.items():
         print(f"{name:<18} {row['all']:>14.4f} {row['masked']:>11.4f}")
-
 
 
 if __name__ == "__main__":

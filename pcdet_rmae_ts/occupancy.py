@@ -72,14 +72,19 @@ def occupancy_targets(coords: torch.Tensor, batch_size: int, sparse_shape: Seque
     return target.view(batch_size, *shape)
 
 
+def cell_centres(n: int, stride: int, voxel: float, origin: float,
+                 device: Optional[torch.device] = None) -> torch.Tensor:
+    """(n,) float32 metric centres of the coarse cells along one axis (``voxel`` size, range start ``origin``)."""
+    return (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * stride * voxel + origin
+
+
 def cells_in_range(shape: Sequence[int], stride: int, voxel_size: Sequence[float],
                    point_cloud_range: Sequence[float], device: torch.device) -> torch.Tensor:
     """(Z', Y', X') bool: cells whose centre lies inside the point-cloud range (the coarse grid
     overhangs the range where a dimension is not a multiple of the stride, and in z by one layer)."""
     axes = []
     for dim, n in enumerate(reversed(shape)):  # x, y, z
-        centre = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * stride * voxel_size[dim] \
-            + point_cloud_range[dim]
+        centre = cell_centres(n, stride, voxel_size[dim], point_cloud_range[dim], device)
         axes.append(centre < point_cloud_range[dim + 3])
     ax_x, ax_y, ax_z = axes
     return ax_z[:, None, None] & ax_y[None, :, None] & ax_x[None, None, :]
@@ -91,8 +96,8 @@ def masked_sector_cells(mask, batch_size: int, shape_yx: Sequence[int], stride: 
     sectors (``mask`` is a ``masking.MaskResult``); the masked region of the occupancy metrics."""
     ny, nx = int(shape_yx[0]), int(shape_yx[1])
     device = mask.sector_offset.device
-    ys = (torch.arange(ny, device=device) + 0.5) * stride * voxel_size[1] + point_cloud_range[1]
-    xs = (torch.arange(nx, device=device) + 0.5) * stride * voxel_size[0] + point_cloud_range[0]
+    ys = cell_centres(ny, stride, voxel_size[1], point_cloud_range[1], device)
+    xs = cell_centres(nx, stride, voxel_size[0], point_cloud_range[0], device)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     xy = torch.stack([grid_x.flatten(), grid_y.flatten()], 1).repeat(batch_size, 1)
     batch = torch.arange(batch_size, device=device).repeat_interleave(ny * nx)
