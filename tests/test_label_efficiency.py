@@ -113,6 +113,11 @@ class FakeCommands:
         else:
             out = self.pcdet_root / "output" / "custom_models" / Path(arg("--cfg_file")).stem / arg("--extra_tag")
             if "scripts/dist_train.sh" in cmd:
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "a") as f:  # what the real sh() and OpenPCDet's train log would hold
+                    f.write(f"$ {' '.join(cmd)}\n" + "".join(
+                        f"Train: 1/1 Loss: {20 - i} ({20 - i})  LR: 1e-3  Acc_iter {i}  Data time: 0.0(0.0)  "
+                        f"Forward time: {9.0 if i == 1 else 0.5}(1.0)  Batch time: 1.0(1.0)\n" for i in (1, 10)))
                 encoder = arg("--pretrained_model") if "--pretrained_model" in cmd else None
                 assert encoder is None or Path(encoder).is_file(), "fine-tune started before its encoder existed"
                 assert "--merge_all_iters_to_one_epoch" in cmd
@@ -162,6 +167,8 @@ def test_driver_runs_the_plan_in_parallel_waits_for_encoders_and_resumes(tmp_pat
     assert checked == {("scratch", "uniform"), ("rmae", "differential"), ("rmae", "uniform")}
     assert all(r["seed"] == 0 and r["label_fraction"] == 0.5 for r in records if "dist_test_mAP_3D" in r)
     assert {r["mAP_3D"] for r in records if r["arm"] == "rmae"} == {15.0}
+    # each record keeps its own run's learning curve (window of 25 steps) and first iteration
+    assert all(r["loss_curve"] == [[25, 14.5]] and r["first_iteration_s"] == 9.0 for r in records)
     calls = len(fake.calls)
     assert len(_drive(tmp_path, monkeypatch, fake)) == 9 and len(fake.calls) == calls  # all done: nothing runs
 
@@ -227,6 +234,42 @@ def test_report_per_class_cost_and_score_check_from_hand_records():
     assert "fine-tune at 100% labels: 210 s (mean of 2 runs)" in cost and "rmae: 105 s = 0.50 x" in cost
     assert report.score_check(records).endswith("largest mAP 3-D difference 0.500")
     assert report.score_check(records[1:3]) == "no run was scored by both train.py and dist_test.sh"
+
+
+def test_train_log_figures_read_the_last_attempt_in_windows_of_steps():
+    def line(step, loss, forward):
+        return (f"2026-12-02 INFO  Train:    1/80 (  1%) [   0/5 (  0%)]  Loss: {loss} ({loss})  LR: 3.000e-04  "
+                f"Time cost: 00:01/00:01 [00:01/00:01]  Acc_iter {step:<10d}  Data time: 0.10(0.10)  "
+                f"Forward time: {forward}(1.00)  Batch time: 9.99(9.99)\n")
+
+    killed = "$ bash scripts/dist_train.sh 1 --cfg_file x\n" + line(1, 99.0, 500.0) + line(30, 99.0, 1.0)
+    last = ("$ bash scripts/dist_train.sh 1 --cfg_file x\n" + line(1, 10.0, 120.5) + line(5, 8.0, 0.7)
+            + line(25, 6.0, 0.6) + line(26, 5.0, 0.6) + line(50, 3.0, 0.6) + "mAP_3D 1.0\n")
+    figures = run.train_log_figures(killed + last)
+    assert figures["first_iteration_s"] == 120.5
+    assert figures["loss_curve"] == [[25, 8.0], [50, 4.0]]
+    assert run.train_log_figures("no training lines") == {}
+
+
+def test_report_curves_average_each_step_over_the_seeds_that_have_one():
+    def rec(arm, seed, curve):
+        return {"arm": arm, "lr": "uniform", "label_fraction": 0.1, "seed": seed, "mAP_3D": 1.0, "mAP_BEV": 1.0,
+                "loss_curve": curve}
+
+    records = [rec("scratch", 0, [[100, 6.0], [200, 4.0]]), rec("scratch", 1, [[100, 8.0], [200, 2.0]]),
+               rec("rmae", 0, [[50, 9.0], [100, 5.0], [200, 3.0]]), rec("rmae", 1, None)]
+    table = report.curves_markdown(records)
+    assert "| step 100 | step 200 |" in table and "step 50" not in table
+    assert "| scratch | uniform | 10% | 2 | 7.00 | 3.00 |" in table
+    assert "| rmae | uniform | 10% | 1 | 5.00 | 3.00 |" in table
+    assert table.index("| scratch") < table.index("| rmae")
+    assert report.curves_markdown(records[3:]) == "no record holds a training-loss curve"
+
+
+def test_score_check_also_pairs_runs_rescored_by_dist_test():
+    scored_later = {"mAP_3D": 2.25, "train_eval_mAP_3D": 2.0}
+    assert report.score_check([scored_later]).endswith("1 runs scored by both train.py and dist_test.sh: "
+                                                       "largest mAP 3-D difference 0.250")
 
 
 def test_report_shows_no_spread_for_single_seed_cells():

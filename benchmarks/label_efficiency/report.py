@@ -103,7 +103,9 @@ def cost_markdown(records: Sequence[dict]) -> str:
     full = max(float(r["label_fraction"]) for r in records)
     finetune = [float(r["finetune_s"]) for r in records if float(r["label_fraction"]) == full]
     per_full = sum(finetune) / len(finetune)
-    lines = [f"fine-tune at {full:.0%} labels: {per_full:.0f} s (mean of {len(finetune)} runs)"]
+    shared = sorted({r["plan"]["parallel"] for r in records if "parallel" in r.get("plan", {})})
+    context = f"; jobs sharing the GPU: {', '.join(map(str, shared))}" if shared else ""
+    lines = [f"fine-tune at {full:.0%} labels: {per_full:.0f} s (mean of {len(finetune)} runs{context})"]
     pretrain = {r["arm"]: float(r["pretrain_s"]) for r in records if r.get("pretrain_s") is not None}
     for arm, seconds in sorted(pretrain.items()):
         lines.append(f"pretraining {arm}: {seconds:.0f} s = {seconds / per_full:.2f} x one fine-tune at {full:.0%}")
@@ -111,12 +113,62 @@ def cost_markdown(records: Sequence[dict]) -> str:
 
 
 def score_check(records: Sequence[dict]) -> str:
-    """train.py's final evaluation against dist_test.sh on the runs scored both ways."""
+    """train.py's final evaluation against dist_test.sh on the runs scored both ways (the driver keeps
+    train.py's score as ``mAP_3D``; runs scored afterwards keep dist_test.sh's and ``train_eval_mAP_3D``)."""
     pairs = [(r["mAP_3D"], r["dist_test_mAP_3D"]) for r in records if "dist_test_mAP_3D" in r]
+    pairs += [(r["train_eval_mAP_3D"], r["mAP_3D"]) for r in records if "train_eval_mAP_3D" in r]
     if not pairs:
         return "no run was scored by both train.py and dist_test.sh"
     worst = max(abs(a - b) for a, b in pairs)
     return f"{len(pairs)} runs scored by both train.py and dist_test.sh: largest mAP 3-D difference {worst:.3f}"
+
+
+def curves(records: Sequence[dict]) -> Dict[Cell, Dict[int, List[float]]]:
+    """Per cell, the training loss at each curve step over the seeds whose record holds a curve."""
+    out: Dict[Cell, Dict[int, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for step, loss in r.get("loss_curve") or []:
+            out[(r["arm"], r["lr"], float(r["label_fraction"]))][int(step)].append(float(loss))
+    return out
+
+
+def curves_markdown(records: Sequence[dict], every: int = 100) -> str:
+    """Fine-tuning loss (the mean over each window of steps, then over seeds) every ``every`` steps:
+    does a pretrained encoder fit the labelled frames faster than scratch?"""
+    by_cell = curves(records)
+    if not by_cell:
+        return "no record holds a training-loss curve"
+    steps = sorted({s for c in by_cell.values() for s in c if s % every == 0})
+    lines = ["| arm | LR | labels | seeds | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "| --- | --- | --- | --- |" + " --- |" * len(steps)]
+    for cell in sorted(by_cell, key=lambda c: (c[2], c[0] != "scratch", c)):
+        seeds = max(len(v) for v in by_cell[cell].values())
+        values = [f"{mean_std(by_cell[cell][s])[0]:.2f}" if by_cell[cell].get(s) else "—" for s in steps]
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {seeds} | {' | '.join(values)} |")
+    return "\n".join(lines)
+
+
+def plot_curves(records: Sequence[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_cell = curves(records)
+    fractions = sorted({c[2] for c in by_cell})
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5.5 * len(fractions), 4), squeeze=False)
+    for ax, fraction in zip(axes[0], fractions):
+        for cell in sorted(c for c in by_cell if c[2] == fraction):
+            steps = sorted(by_cell[cell])
+            ax.plot(steps, [mean_std(by_cell[cell][s])[0] for s in steps], marker=".", label=f"{cell[0]} ({cell[1]})")
+        ax.set_title(f"{fraction:.0%} labels")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("training loss (window mean, mean over seeds)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(records: Sequence[dict], path: Path) -> None:
@@ -146,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="benchmarks/results/label_efficiency.json")
     parser.add_argument("--plot", default=None, help="PNG file for mAP vs label fraction")
+    parser.add_argument("--curves_plot", default=None, help="PNG file for the fine-tuning loss curves")
     args = parser.parse_args()
     records = json.loads(Path(args.results).read_text())
     print(markdown(records))
@@ -154,8 +207,12 @@ def main() -> None:
     print("\nCost\n")
     print(cost_markdown(records))
     print(score_check(records))
+    print("\nFine-tuning loss (mean over 25-step windows and seeds)\n")
+    print(curves_markdown(records))
     if args.plot:
         plot(records, Path(args.plot))
+    if args.curves_plot:
+        plot_curves(records, Path(args.curves_plot))
 
 
 if __name__ == "__main__":

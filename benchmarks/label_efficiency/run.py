@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,27 @@ def read_result(folder: Path) -> dict:
     return json.loads(found[-1].read_text())
 
 
+TRAIN_LINE = re.compile(r"Loss: ([0-9.]+) .*Acc_iter +([0-9]+) .*Forward time: ([0-9.]+)")
+CURVE_WINDOW = 25  # optimiser steps per point of a record's training-loss curve
+
+
+def train_log_figures(log_text: str) -> dict:
+    """From OpenPCDet's train log (the last dist_train.sh attempt in ``log_text``): the first iteration's
+    seconds in the model (OpenPCDet's "Forward time": forward, backward and step) and the training-loss
+    curve, one ``[last step, mean loss]`` per window of ``CURVE_WINDOW`` steps (single-batch losses are
+    noisy; the logged running mean resets every epoch)."""
+    attempt = log_text.rsplit("scripts/dist_train.sh", 1)[-1]
+    steps = [(int(m.group(2)), float(m.group(1)), float(m.group(3))) for m in TRAIN_LINE.finditer(attempt)]
+    if not steps:
+        return {}
+    windows: Dict[int, List[float]] = {}
+    for step, loss, _ in steps:
+        windows.setdefault(-(-step // CURVE_WINDOW) * CURVE_WINDOW, []).append(loss)
+    curve = [[end, round(sum(v) / len(v), 4)] for end, v in sorted(windows.items())]
+    first = [seconds for step, _, seconds in steps if step == 1]
+    return {"first_iteration_s": first[0] if first else None, "loss_curve": curve}
+
+
 def finetune_epochs(frames: int, batch_size: int, iterations: int) -> int:
     """Epochs that give at least ``iterations`` optimiser steps on ``frames`` labelled frames."""
     per_epoch = -(-frames // batch_size)
@@ -219,7 +241,8 @@ def finetune(run: Run, data: Path, frames: int, encoder: Optional[Path], args, w
     result = read_result(out / "eval" / "eval_with_train" / f"epoch_{epochs}")
     record = dict(asdict(run), mAP_3D=result["mAP_3D"], mAP_BEV=result["mAP_BEV"], AP_3D=result["AP_3D"],
                   AP_BEV=result["AP_BEV"], range=result.get("range"), finetune_s=round(finetune_s, 1),
-                  finetune_epochs=epochs, scored_by="train.py final evaluation")
+                  finetune_epochs=epochs, scored_by="train.py final evaluation",
+                  **train_log_figures(log.read_text()))
     if run.seed in args.dist_test_seeds and run.label_fraction == smallest:
         ckpt = out / "ckpt" / f"checkpoint_epoch_{epochs}.pth"
         sh(["bash", "scripts/dist_test.sh", "1", *common, "--ckpt", str(ckpt), *sets], log, env)
