@@ -266,6 +266,23 @@ def test_report_curves_average_each_step_over_the_seeds_that_have_one():
     assert report.curves_markdown(records[3:]) == "no record holds a training-loss curve"
 
 
+def test_report_range_bands_in_distance_order_mean_over_seeds():
+    def rec(arm, seed, near, mid, far):
+        return {"arm": arm, "lr": "uniform", "label_fraction": 0.1, "seed": seed, "mAP_3D": 1.0, "mAP_BEV": 1.0,
+                "range": {"30-70.4": {"mAP_3D": far}, "0-8": {"mAP_3D": near}, "8-30": {"mAP_3D": mid},
+                          "70.4-90": {"mAP_3D": None}}}
+
+    records = [rec("rmae", 0, 6.0, 5.0, 1.0), rec("scratch", 0, 4.0, 3.0, 2.0), rec("scratch", 1, 8.0, 5.0, 3.0)]
+    del records[0]["range"]["30-70.4"]
+    table = report.range_markdown(records)
+    # by distance, not as text ("8-30" after "30-70.4"); a band nobody scored is left out
+    assert table.splitlines()[0] == "| arm | LR | labels | 0-8 m | 8-30 m | 30-70.4 m |"
+    assert "| scratch | uniform | 10% | 6.00 | 4.00 | 2.50 |" in table
+    assert "| rmae | uniform | 10% | 6.00 | 5.00 | — |" in table
+    assert table.index("| scratch") < table.index("| rmae")
+    assert report.range_markdown([{**records[0], "range": None}]) == "no record holds range bands"
+
+
 def test_score_check_also_pairs_runs_rescored_by_dist_test():
     scored_later = {"mAP_3D": 2.25, "train_eval_mAP_3D": 2.0}
     assert report.score_check([scored_later]).endswith("1 runs scored by both train.py and dist_test.sh: "

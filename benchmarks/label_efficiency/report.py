@@ -97,6 +97,25 @@ def per_class_markdown(records: Sequence[dict], key: str = "AP_3D") -> str:
     return "\n".join(lines)
 
 
+def range_markdown(records: Sequence[dict], key: str = "mAP_3D") -> str:
+    """Mean ``key`` per distance band (the evaluator's ``range`` block) and cell: does pretraining help
+    where the machines are far and their points sparse?"""
+    by_cell: Dict[Cell, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for band, scores in (r.get("range") or {}).items():
+            if scores.get(key) is not None:
+                by_cell[(r["arm"], r["lr"], float(r["label_fraction"]))][band].append(float(scores[key]))
+    if not by_cell:
+        return "no record holds range bands"
+    bands = sorted({b for c in by_cell.values() for b in c}, key=lambda b: float(b.split("-")[0]))
+    lines = ["| arm | LR | labels | " + " | ".join(f"{b} m" for b in bands) + " |",
+             "| --- | --- | --- |" + " --- |" * len(bands)]
+    for cell in sorted(by_cell, key=lambda c: (c[2], c[0] != "scratch", c)):
+        values = [f"{mean_std(by_cell[cell][b])[0]:.2f}" if by_cell[cell].get(b) else "—" for b in bands]
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
+    return "\n".join(lines)
+
+
 def cost_markdown(records: Sequence[dict]) -> str:
     """Wall time of each pretraining and of the fine-tunes, and pretraining as a fraction of one fine-tune
     at the largest label fraction (the mean over its runs)."""
@@ -204,6 +223,8 @@ def main() -> None:
     print(markdown(records))
     print("\nPer-class AP 3-D (mean over seeds)\n")
     print(per_class_markdown(records))
+    print("\nmAP 3-D per distance band (mean over seeds)\n")
+    print(range_markdown(records))
     print("\nCost\n")
     print(cost_markdown(records))
     print(score_check(records))
