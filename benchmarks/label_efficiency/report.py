@@ -37,6 +37,11 @@ def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
     return math.sqrt(sq / dof)
 
 
+def table_order(cells) -> List[Cell]:
+    """Rows of every table: by label fraction, scratch first, then arm and LR rule."""
+    return sorted(cells, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1]))
+
+
 def group(records: Sequence[dict], key: str = "mAP_3D") -> Dict[Cell, List[float]]:
     cells: Dict[Cell, List[float]] = defaultdict(list)
     for r in records:
@@ -67,7 +72,7 @@ def markdown(records: Sequence[dict]) -> str:
     vs = compare_to_scratch(by3d)
     lines = ["| arm | LR | labels | seeds | mAP 3-D | mAP BEV | Δ 3-D vs scratch (2σ?) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for cell in sorted(by3d, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1])):
+    for cell in table_order(by3d):
         m3, s3 = mean_std(by3d[cell])
         mb, sb = mean_std(bybev[cell])
         diff = vs.get(cell)
@@ -91,7 +96,7 @@ def per_class_markdown(records: Sequence[dict], key: str = "AP_3D") -> str:
             if r.get(key, {}).get(c) is not None:
                 cells[(r["arm"], r["lr"], float(r["label_fraction"]))][c].append(float(r[key][c]))
     lines = [f"| arm | LR | labels | {' | '.join(classes)} |", "| --- | --- | --- |" + " --- |" * len(classes)]
-    for cell in sorted(cells, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1])):
+    for cell in table_order(cells):
         values = [f"{mean_std(cells[cell][c])[0]:.2f}" if cells[cell][c] else "—" for c in classes]
         lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
     return "\n".join(lines)
@@ -110,7 +115,7 @@ def range_markdown(records: Sequence[dict], key: str = "mAP_3D") -> str:
     bands = sorted({b for c in by_cell.values() for b in c}, key=lambda b: float(b.split("-")[0]))
     lines = ["| arm | LR | labels | " + " | ".join(f"{b} m" for b in bands) + " |",
              "| --- | --- | --- |" + " --- |" * len(bands)]
-    for cell in sorted(by_cell, key=lambda c: (c[2], c[0] != "scratch", c)):
+    for cell in table_order(by_cell):
         values = [f"{mean_std(by_cell[cell][b])[0]:.2f}" if by_cell[cell].get(b) else "—" for b in bands]
         lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
     return "\n".join(lines)
@@ -160,7 +165,7 @@ def curves_markdown(records: Sequence[dict], every: int = 100) -> str:
     steps = sorted({s for c in by_cell.values() for s in c if s % every == 0})
     lines = ["| arm | LR | labels | seeds | " + " | ".join(f"step {s}" for s in steps) + " |",
              "| --- | --- | --- | --- |" + " --- |" * len(steps)]
-    for cell in sorted(by_cell, key=lambda c: (c[2], c[0] != "scratch", c)):
+    for cell in table_order(by_cell):
         seeds = max(len(v) for v in by_cell[cell].values())
         values = [f"{mean_std(by_cell[cell][s])[0]:.2f}" if by_cell[cell].get(s) else "—" for s in steps]
         lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {seeds} | {' | '.join(values)} |")
