@@ -218,6 +218,14 @@ def test_frozen_rule_adds_a_diagnostic_run_per_arm_with_backbone_lr_zero(tmp_pat
                                          "0.0"]
 
 
+def test_slow_backbone_rule_runs_for_pretrained_arms_only_with_head_ratio_one(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path)
+    records = _drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--lr_rules", "slow_backbone")
+    assert {(r["arm"], r["lr"]) for r in records} == {("scratch", "uniform"), ("rmae", "slow_backbone")}
+    slow = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd and "le_rmae_slow_backbone_f1_s0" in cmd]
+    assert slow and slow[0][-4:] == ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.DENSE_HEAD_LR_RATIO", "1.0"]
+
+
 def test_report_per_class_cost_and_score_check_from_hand_records():
     def rec(arm, lr, fraction, seed, ap_roller, finetune_s, pretrain_s=None, **extra):
         return dict(arm=arm, lr=lr, label_fraction=fraction, seed=seed, mAP_3D=ap_roller, mAP_BEV=ap_roller,

@@ -60,7 +60,7 @@ class Run:
     """One fine-tune: which encoder, which LR rule, how many labels, which seed."""
 
     arm: str  # scratch | rmae | rmae_ts | rmae_voxels
-    lr: str  # differential | uniform | frozen
+    lr: str  # differential | uniform | slow_backbone | frozen
     label_fraction: float
     seed: int
 
@@ -72,20 +72,24 @@ class Run:
 LR_RULES = {  # LR rule -> OPTIMIZATION overrides of the fine-tune config
     "differential": ["OPTIMIZATION.DIFFERENTIAL_LR", "True"],  # backbone 0.1x, head 2.0x (the config's ratios)
     "uniform": ["OPTIMIZATION.DIFFERENTIAL_LR", "False"],  # OpenPCDet's one LR for everything
+    # diagnostic: backbone 0.1x, head 1.0x; between 'differential' and 'uniform', it tells which ratio matters
+    "slow_backbone": ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.DENSE_HEAD_LR_RATIO", "1.0"],
     # diagnostic: backbone weights fixed (LR 0; BatchNorm statistics still adapt), head at 2.0x
     "frozen": ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.BACKBONE_LR_RATIO", "0.0"],
 }
+PRETRAINED_ONLY = ("differential", "slow_backbone")  # rules that spare pretrained weights: not for scratch
 
 
 def plan_runs(arms: List[str], fractions: List[float], seeds: int, seeds_at_full: int,
               lr_rules: Sequence[str] = ("differential", "uniform")) -> List[Run]:
     """Smallest fractions first (that is where pretraining should matter), scratch beside each arm.
-    Scratch trains with one LR (``uniform``), and also ``frozen`` when asked (random features)."""
+    Scratch trains with one LR (``uniform``), and also ``frozen`` when asked (random features); the
+    rules that spare pretrained weights (``PRETRAINED_ONLY``) are for pretrained arms only."""
     runs = []
     for fraction in sorted(fractions):
         for seed in range(seeds if fraction < 1.0 else seeds_at_full):
             for arm in arms:
-                lrs = [lr for lr in lr_rules if arm != "scratch" or lr != "differential"]
+                lrs = [lr for lr in lr_rules if arm != "scratch" or lr not in PRETRAINED_ONLY]
                 if arm == "scratch" and "uniform" not in lrs:
                     lrs.insert(0, "uniform")
                 runs.extend(Run(arm, lr, fraction, seed) for lr in lrs)
