@@ -24,6 +24,11 @@ Columns:
                         ``indice_conv`` and its backward; tuning included) in the first step and in one
                         step after the warm-up; their difference estimates the tuning on either path
                         (first-call allocations included).
+A second table gives the host time of one more steady step (issue 15: where the host time goes), with
+no sync added: the step's own host time and the time inside spconv's conv modules (``SparseConvolution.
+forward``: Python, rule-books and the forward op), its rule-book builders, its forward and its backward
+ops. With the kernels asynchronous these are host times, except where spconv waits on the device
+inside (the output size of a strided conv's rule-book).
 On the CPU spconv does not tune (native algorithm, torch matmuls): tune calls are 0 there.
 
     PYTHONPATH=. python benchmarks/first_step.py [--rows default splitk1 ...] [--small] [--out FILE|DIR|-]
@@ -60,6 +65,8 @@ _LOG = logging.getLogger("first_step")
 RESULT_TAG = "FIRST_STEP_ROW "  # the child's one stdout line the parent reads
 CONV_OPS = ("implicit_gemm", "implicit_gemm_backward", "indice_conv", "indice_conv_backward")
 RULEBOOK_OPS = ("get_indice_pairs_implicit_gemm", "get_indice_pairs")
+FORWARD_OPS = ("implicit_gemm", "indice_conv")
+BACKWARD_OPS = ("implicit_gemm_backward", "indice_conv_backward")
 
 
 class RowSpec(NamedTuple):
@@ -156,6 +163,29 @@ def tuner_kind(device: torch.device) -> str:
     return "c++" if ops.SPCONV_CPP_GEMM and ops.CONV_CPP is not None else "python"
 
 
+def host_targets() -> Dict[str, List[Tuple[object, str]]]:
+    """What the host-time step times: spconv's conv modules (a class attribute, so every layer), and
+    inside them the rule-book builders and the forward ops; the backward ops run from autograd."""
+    conv = importlib.import_module("spconv.pytorch.conv")
+    return {"modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
+            "forward_ops": conv_targets(FORWARD_OPS), "backward_ops": conv_targets(BACKWARD_OPS)}
+
+
+def host_step(step: Callable[[], None], sync: Callable[[], None]) -> dict:
+    """Host seconds of one ``step()`` (from a synchronised start to the return of the call) and of the
+    calls of :func:`host_targets`, timed without any sync of their own."""
+    parts = {name: Tally() for name in host_targets()}
+    with contextlib.ExitStack() as stack:
+        for name, targets in host_targets().items():
+            stack.enter_context(timed_calls(targets, parts[name]))
+        sync()
+        start = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - start
+    sync()
+    return {"step_s": seconds, **{name: tally.as_dict() for name, tally in parts.items()}}
+
+
 # ----------------------------------------------------------------------------- one row (child process)
 def stage(args: argparse.Namespace, device: torch.device):
     """(dataset, batches on ``device``, grid facts): bench_pretrain's dense frames and grid."""
@@ -204,6 +234,7 @@ def measure(row: str, args: argparse.Namespace) -> dict:
                 timed_calls(conv_targets(RULEBOOK_OPS), rules_warm, timer.sync):  # syncs: not in timed steps
             step(1 + args.warmup)
         steady = timer(lambda i: step(2 + args.warmup + i), 0, args.steps)
+        host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync)
     constants = importlib.import_module("spconv.constants")
     kind = tuner_kind(device)
     blind = kind == "c++"  # the C++ tuner never calls the Python methods
@@ -215,7 +246,7 @@ def measure(row: str, args: argparse.Namespace) -> dict:
             "tune_s": None if blind else first_tune["seconds"], "tune_by_name": first_tune["by_name"],
             "tune_calls_after_first": tune.calls - first_tune["calls"],
             "conv_first": conv_first.as_dict(), "conv_warm": conv_warm.as_dict(),
-            "rules_warm": rules_warm.as_dict(), "grid": grid}
+            "rules_warm": rules_warm.as_dict(), "host": host, "grid": grid}
 
 
 def child_main(row: str, args: argparse.Namespace) -> None:
@@ -269,6 +300,21 @@ def add_ratios(rows: List[dict]) -> None:
         r["first_x_steady"] = r["first_s"] * 1e3 / r["steady_ms"]
         r["first_vs_default"] = r["first_s"] / base["first_s"] if base else None
         r["steady_vs_default"] = r["steady_ms"] / base["steady_ms"] if base else None
+
+
+def host_table(rows: List[dict]) -> str:
+    """Host ms of one steady step: the whole step, spconv's conv modules, and inside them the rule-books
+    and forward ops, then the backward ops; calls per step in brackets."""
+    lines = [f"{'row':<17}{'step ms':>9}{'spconv modules':>20}{'rule-books':>16}{'forward ops':>16}"
+             f"{'backward ops':>16}"]
+    for r in rows:
+        if "host" not in r:
+            continue
+        h = r["host"]
+        parts = "".join(f"{h[k]['seconds'] * 1e3:>10.1f} ({h[k]['calls']:>3d})".rjust(w)
+                        for k, w in (("modules", 20), ("rulebooks", 16), ("forward_ops", 16), ("backward_ops", 16)))
+        lines.append(f"{r['row']:<17}{h['step_s'] * 1e3:>9.1f}{parts}")
+    return "\n".join(lines)
 
 
 def table(rows: List[dict]) -> str:
@@ -336,7 +382,9 @@ def main(argv=None) -> dict:
         run_id = append_run(args.out, "first_step", card, results, label=args.label, run_id=run_id)
     results["grid"] = next((r["grid"] for r in results["rows"] if "grid" in r), None)
     print(f"{card}, batch {args.batch_size}, {'small' if args.small else 'full'} grid {results['grid']}")
-    print(table(results["rows"]))  # the table is this tool's output
+    print(table(results["rows"]))  # the tables are this tool's output
+    print("host time of one steady step, no sync added: ms (calls)")
+    print(host_table(results["rows"]))
     append_run(args.out, "first_step", card, results, label=args.label, run_id=run_id)
     return results
 

@@ -39,6 +39,14 @@ def test_cpu_row_has_first_and_steady_times_and_no_tuning(cpu_rows):
     # and the rule-book timer reaches spconv's pair builders (the CPU's native ones here)
     assert row["rules_warm"]["by_name"].get("get_indice_pairs", 0) > 0 and row["rules_warm"]["seconds"] > 0
     assert row["cpp_rulebooks"] is False
+    # the host-time step sees every conv module, and inside them the builders and the forward ops
+    host = row["host"]
+    assert host["step_s"] > 0 and host["modules"]["calls"] == host["forward_ops"]["calls"] > 0
+    assert host["backward_ops"]["calls"] > 0 and host["rulebooks"]["calls"] > 0
+    assert all(name.endswith("_backward") for name in host["backward_ops"]["by_name"])
+    assert not any(name.endswith("_backward") for name in host["forward_ops"]["by_name"])
+    assert host["modules"]["seconds"] >= host["rulebooks"]["seconds"] + host["forward_ops"]["seconds"]
+    assert host["step_s"] >= host["modules"]["seconds"] + host["backward_ops"]["seconds"]
     assert row["first_x_steady"] == pytest.approx(row["first_s"] * 1e3 / row["steady_ms"])
     assert row["first_vs_default"] == 1.0
 
