@@ -63,10 +63,10 @@ from pcdet_rmae_ts.engine.trainer import TrainState  # noqa: E402
 
 _LOG = logging.getLogger("first_step")
 RESULT_TAG = "FIRST_STEP_ROW "  # the child's one stdout line the parent reads
-CONV_OPS = ("implicit_gemm", "implicit_gemm_backward", "indice_conv", "indice_conv_backward")
-RULEBOOK_OPS = ("get_indice_pairs_implicit_gemm", "get_indice_pairs")
-FORWARD_OPS = ("implicit_gemm", "indice_conv")
+FORWARD_OPS = ("implicit_gemm", "indice_conv")  # spconv's GPU and CPU conv ops
 BACKWARD_OPS = ("implicit_gemm_backward", "indice_conv_backward")
+CONV_OPS = FORWARD_OPS + BACKWARD_OPS
+RULEBOOK_OPS = ("get_indice_pairs_implicit_gemm", "get_indice_pairs")
 
 
 class RowSpec(NamedTuple):
