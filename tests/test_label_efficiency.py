@@ -167,6 +167,8 @@ def test_driver_runs_the_plan_in_parallel_waits_for_encoders_and_resumes(tmp_pat
     assert checked == {("scratch", "uniform"), ("rmae", "differential"), ("rmae", "uniform")}
     assert all(r["seed"] == 0 and r["label_fraction"] == 0.5 for r in records if "dist_test_mAP_3D" in r)
     assert {r["mAP_3D"] for r in records if r["arm"] == "rmae"} == {15.0}
+    trains = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd]
+    assert all(cmd[cmd.index("--logger_iter_interval") + 1] == "5" for cmd in trains)  # dense loss curves
     # each record keeps its own run's learning curve (window of 25 steps) and first iteration
     assert all(r["loss_curve"] == [[25, 14.5]] and r["first_iteration_s"] == 9.0 for r in records)
     calls = len(fake.calls)

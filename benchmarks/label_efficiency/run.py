@@ -200,6 +200,7 @@ def read_result(folder: Path) -> dict:
 
 TRAIN_LINE = re.compile(r"Loss: ([0-9.]+) .*Acc_iter +([0-9]+) .*Forward time: ([0-9.]+)")
 CURVE_WINDOW = 25  # optimiser steps per point of a record's training-loss curve
+LOG_EVERY = 5  # OpenPCDet's --logger_iter_interval for the fine-tunes
 
 
 def train_log_figures(log_text: str) -> dict:
@@ -233,8 +234,11 @@ def finetune(run: Run, data: Path, frames: int, encoder: Optional[Path], args, w
     common = ["--cfg_file", FT_CFG, "--batch_size", str(args.batch_size), "--extra_tag", f"le_{run.name}",
               "--workers", str(args.workers)]
     sets = ["--set", "DATA_CONFIG.DATA_PATH", str(data), *LR_RULES[run.lr]]
+    # a Train line every 5 steps (OpenPCDet's default is every 50 and at epoch ends): the loss curve's
+    # 25-step windows then hold several batches at every label fraction; logging only
     train = ["bash", "scripts/dist_train.sh", "1", *common, "--epochs", str(epochs), "--seed", str(run.seed),
-             "--merge_all_iters_to_one_epoch", "--ckpt_save_interval", str(epochs)]
+             "--merge_all_iters_to_one_epoch", "--ckpt_save_interval", str(epochs),
+             "--logger_iter_interval", str(LOG_EVERY)]
     if encoder is not None:
         train += ["--pretrained_model", str(encoder)]
     out = pcdet_root / "output" / "custom_models" / Path(FT_CFG).stem / f"le_{run.name}"
