@@ -293,6 +293,33 @@ def test_report_range_bands_in_distance_order_mean_over_seeds():
     assert report.range_markdown([{**records[0], "range": None}]) == "no record holds range bands"
 
 
+def test_goals_are_judged_on_the_records():
+    def rec(arm, lr, fraction, seed, value):
+        return {"arm": arm, "lr": lr, "label_fraction": fraction, "seed": seed, "mAP_3D": value, "mAP_BEV": value}
+
+    small = [rec("scratch", "uniform", 0.1, s, 3.0 + 0.1 * s) for s in range(3)]
+    gain = [rec("rmae", "uniform", 0.1, s, 9.0 + 0.1 * s) for s in range(3)]
+    slow = [rec("rmae", "differential", 0.1, s, 8.0 + 0.1 * s) for s in range(3)]
+    full = [rec("scratch", "uniform", 1.0, 0, 20.0), rec("rmae", "uniform", 1.0, 0, 19.0)]
+    lines = report.goals(small + gain + slow + full)
+    assert lines[0].startswith("met: >= +5 mAP at 10% labels (best: rmae uniform, +6.00, above 2 std")
+    assert lines[1].startswith("not judged (one seed: no spread): no loss at 100% labels (lowest difference -1.00")
+    assert lines[2] == "NOT met: differential LR >= uniform LR (below: rmae at 10% (8.10 < 9.10))"
+    # +4.9 is not the goal; a significant loss at 100 % is one; differential above uniform meets the third
+    near = [rec("rmae", "differential", 0.1, s, 7.9 + 0.1 * s) for s in range(3)]
+    below = [rec("rmae", "uniform", 0.1, s, 7.7 + 0.1 * s) for s in range(3)]
+    loss = [rec("scratch", "uniform", 1.0, s, 20.0 + 0.1 * s) for s in range(2)] + [
+        rec("rmae", "differential", 1.0, s, 10.0 + 0.1 * s) for s in range(2)]
+    lines = report.goals(small + near + below + loss)
+    assert lines[0].startswith("NOT met: >= +5 mAP at 10% labels (best: rmae differential, +4.90")
+    assert lines[1].startswith("NOT met: no loss at 100% labels") and "rmae differential -10.00" in lines[1]
+    assert lines[2] == "met: differential LR >= uniform LR"
+    # a big gain within the noise is not the goal either
+    noisy = [rec("rmae", "uniform", 0.1, s, v) for s, v in enumerate((3.0, 9.0, 15.0))]
+    assert report.goals(small + noisy)[0].startswith("NOT met: >= +5 mAP at 10% labels (best: rmae uniform, +5.90, "
+                                                     "not above 2 std")
+
+
 def test_score_check_also_pairs_runs_rescored_by_dist_test():
     scored_later = {"mAP_3D": 2.25, "train_eval_mAP_3D": 2.0}
     assert report.score_check([scored_later]).endswith("1 runs scored by both train.py and dist_test.sh: "

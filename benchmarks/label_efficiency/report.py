@@ -102,6 +102,42 @@ def per_class_markdown(records: Sequence[dict], key: str = "AP_3D") -> str:
     return "\n".join(lines)
 
 
+GOAL_GAIN = 5.0  # the issue's target: pretrained >= +5 mAP 3-D over scratch at the smallest fraction
+
+
+def goals(records: Sequence[dict]) -> List[str]:
+    """The issue's three goals, each judged on the records: the best pretrained cell at the smallest
+    fraction >= +GOAL_GAIN mAP 3-D over scratch and above 2 pooled std; no pretrained cell at the largest
+    fraction below scratch by more than 2 pooled std; the differential LR's mean >= the uniform LR's for
+    every pretrained arm and fraction that has both."""
+    cells = group(records)
+    vs = compare_to_scratch(cells)
+    fractions = sorted({c[2] for c in cells})
+    lines = []
+    small = {c: v for c, v in vs.items() if c[2] == fractions[0]}
+    if small:
+        best, (diff, _, counts) = max(small.items(), key=lambda item: item[1][0])
+        met = diff >= GOAL_GAIN and counts
+        lines.append(f"{'met' if met else 'NOT met'}: >= +{GOAL_GAIN:g} mAP at {fractions[0]:.0%} labels "
+                     f"(best: {best[0]} {best[1]}, {diff:+.2f}{', above 2 std' if counts else ', not above 2 std'})")
+    large = {c: v for c, v in vs.items() if c[2] == fractions[-1]} if len(fractions) > 1 else {}
+    if large:
+        losses = [f"{c[0]} {c[1]} {d:+.2f}" for c, (d, _, counts) in sorted(large.items()) if d < 0 and counts]
+        unjudged = [c for c, (_, spread, _) in large.items() if spread != spread]
+        verdict = "NOT met" if losses else ("met" if not unjudged else "not judged (one seed: no spread)")
+        worst = min(d for d, _, _ in large.values())
+        lines.append(f"{verdict}: no loss at {fractions[-1]:.0%} labels (lowest difference {worst:+.2f}"
+                     + (f"; significant losses: {', '.join(losses)}" if losses else "") + ")")
+    pairs = [(arm, f, cells[(arm, "differential", f)], cells[(arm, "uniform", f)])
+             for arm, lr, f in cells if lr == "differential" and (arm, "uniform", f) in cells]
+    if pairs:
+        below = [f"{arm} at {f:.0%} ({mean_std(d)[0]:.2f} < {mean_std(u)[0]:.2f})"
+                 for arm, f, d, u in sorted(pairs) if mean_std(d)[0] < mean_std(u)[0]]
+        lines.append(f"{'NOT met' if below else 'met'}: differential LR >= uniform LR"
+                     + (f" (below: {', '.join(below)})" if below else ""))
+    return lines
+
+
 def range_markdown(records: Sequence[dict], key: str = "mAP_3D") -> str:
     """Mean ``key`` per distance band (the evaluator's ``range`` block) and cell: does pretraining help
     where the machines are far and their points sparse?"""
@@ -226,6 +262,8 @@ def main() -> None:
     args = parser.parse_args()
     records = json.loads(Path(args.results).read_text())
     print(markdown(records))
+    print("\nThe issue's goals\n")
+    print("\n".join(goals(records)))
     print("\nPer-class AP 3-D (mean over seeds)\n")
     print(per_class_markdown(records))
     print("\nmAP 3-D per distance band (mean over seeds)\n")
