@@ -37,15 +37,31 @@ def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
     return math.sqrt(sq / dof)
 
 
+def cell_of(record: dict) -> Cell:
+    return record["arm"], record["lr"], float(record["label_fraction"])
+
+
 def table_order(cells) -> List[Cell]:
     """Rows of every table: by label fraction, scratch first, then arm and LR rule."""
     return sorted(cells, key=lambda c: (c[2], c[0] != "scratch", c[0], c[1]))
 
 
+def means_table(by_cell: Dict[Cell, Dict], columns: Sequence, headings: Sequence[str], seeds: bool = False) -> str:
+    """One row per cell: the mean of each column's values ('—' where the cell has none); with ``seeds``,
+    a column of the most values any of the cell's columns holds."""
+    lines = ["| arm | LR | labels | " + " | ".join((["seeds"] if seeds else []) + list(headings)) + " |",
+             "| --- | --- | --- |" + " --- |" * (len(columns) + seeds)]
+    for cell in table_order(by_cell):
+        count = [str(max(len(v) for v in by_cell[cell].values()))] if seeds else []
+        values = [f"{mean_std(by_cell[cell][c])[0]:.2f}" if by_cell[cell].get(c) else "—" for c in columns]
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(count + values)} |")
+    return "\n".join(lines)
+
+
 def group(records: Sequence[dict], key: str = "mAP_3D") -> Dict[Cell, List[float]]:
     cells: Dict[Cell, List[float]] = defaultdict(list)
     for r in records:
-        cells[(r["arm"], r["lr"], float(r["label_fraction"]))].append(float(r[key]))
+        cells[cell_of(r)].append(float(r[key]))
     return dict(cells)
 
 
@@ -94,12 +110,8 @@ def per_class_markdown(records: Sequence[dict], key: str = "AP_3D") -> str:
     for r in records:
         for c in classes:
             if r.get(key, {}).get(c) is not None:
-                cells[(r["arm"], r["lr"], float(r["label_fraction"]))][c].append(float(r[key][c]))
-    lines = [f"| arm | LR | labels | {' | '.join(classes)} |", "| --- | --- | --- |" + " --- |" * len(classes)]
-    for cell in table_order(cells):
-        values = [f"{mean_std(cells[cell][c])[0]:.2f}" if cells[cell][c] else "—" for c in classes]
-        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
-    return "\n".join(lines)
+                cells[cell_of(r)][c].append(float(r[key][c]))
+    return means_table(cells, classes, classes)
 
 
 GOAL_GAIN = 5.0  # the issue's target: pretrained >= +5 mAP 3-D over scratch at the smallest fraction
@@ -145,16 +157,11 @@ def range_markdown(records: Sequence[dict], key: str = "mAP_3D") -> str:
     for r in records:
         for band, scores in (r.get("range") or {}).items():
             if scores.get(key) is not None:
-                by_cell[(r["arm"], r["lr"], float(r["label_fraction"]))][band].append(float(scores[key]))
+                by_cell[cell_of(r)][band].append(float(scores[key]))
     if not by_cell:
         return "no record holds range bands"
     bands = sorted({b for c in by_cell.values() for b in c}, key=lambda b: float(b.split("-")[0]))
-    lines = ["| arm | LR | labels | " + " | ".join(f"{b} m" for b in bands) + " |",
-             "| --- | --- | --- |" + " --- |" * len(bands)]
-    for cell in table_order(by_cell):
-        values = [f"{mean_std(by_cell[cell][b])[0]:.2f}" if by_cell[cell].get(b) else "—" for b in bands]
-        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {' | '.join(values)} |")
-    return "\n".join(lines)
+    return means_table(by_cell, bands, [f"{b} m" for b in bands])
 
 
 def cost_markdown(records: Sequence[dict]) -> str:
@@ -188,7 +195,7 @@ def curves(records: Sequence[dict]) -> Dict[Cell, Dict[int, List[float]]]:
     out: Dict[Cell, Dict[int, List[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         for step, loss in r.get("loss_curve") or []:
-            out[(r["arm"], r["lr"], float(r["label_fraction"]))][int(step)].append(float(loss))
+            out[cell_of(r)][int(step)].append(float(loss))
     return out
 
 
@@ -199,13 +206,7 @@ def curves_markdown(records: Sequence[dict], every: int = 100) -> str:
     if not by_cell:
         return "no record holds a training-loss curve"
     steps = sorted({s for c in by_cell.values() for s in c if s % every == 0})
-    lines = ["| arm | LR | labels | seeds | " + " | ".join(f"step {s}" for s in steps) + " |",
-             "| --- | --- | --- | --- |" + " --- |" * len(steps)]
-    for cell in table_order(by_cell):
-        seeds = max(len(v) for v in by_cell[cell].values())
-        values = [f"{mean_std(by_cell[cell][s])[0]:.2f}" if by_cell[cell].get(s) else "—" for s in steps]
-        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]:.0%} | {seeds} | {' | '.join(values)} |")
-    return "\n".join(lines)
+    return means_table(by_cell, steps, [f"step {s}" for s in steps], seeds=True)
 
 
 def plot_curves(records: Sequence[dict], path: Path) -> None:
