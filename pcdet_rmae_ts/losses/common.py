@@ -25,8 +25,9 @@ def per_scene_mean(values: torch.Tensor, batch: torch.Tensor, batch_size: int,
     weights = torch.ones_like(values) if weights is None else weights
     num = values.new_zeros(batch_size).index_add_(0, batch, weights * values)
     den = values.new_zeros(batch_size).index_add_(0, batch, weights)
-    valid = (den > 0).to(values.dtype)  # a 0/1 weight, not a boolean index: no host sync, forward or backward
-    scene = num / torch.where(den > 0, den, torch.ones_like(den))
+    weighted = den > 0
+    valid = weighted.to(values.dtype)  # a 0/1 weight, not a boolean index: no host sync, forward or backward
+    scene = num / torch.where(weighted, den, torch.ones_like(den))
     return (scene * valid).sum() / valid.sum()
 
 
