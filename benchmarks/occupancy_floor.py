@@ -40,7 +40,7 @@ from pcdet_rmae_ts.data import build_dataloader  # noqa: E402
 from pcdet_rmae_ts.engine.batch import batch_to_device  # noqa: E402
 from pcdet_rmae_ts.engine.checkpoint import load_checkpoint  # noqa: E402
 from pcdet_rmae_ts.models.pretrain_model import PretrainModel  # noqa: E402
-from pcdet_rmae_ts.occupancy import cell_centres, masked_sector_cells, occupancy_targets  # noqa: E402
+from pcdet_rmae_ts.occupancy import cell_centres, masked_sector_cells, occupancy_targets, per_sample_mean  # noqa: E402
 
 RING_M = 4.0
 EPS = 1e-6
@@ -56,9 +56,7 @@ def cell_range_rings(shape, stride: int, voxel_size, point_cloud_range) -> torch
 
 def sample_bce(prob: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """(B,) BCE of probabilities averaged over each sample's ``region`` cells (training's reduction)."""
-    loss = F.binary_cross_entropy(prob.clamp(EPS, 1 - EPS), target, reduction="none")
-    weight = region.expand_as(loss).float()
-    return (loss * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
+    return per_sample_mean(F.binary_cross_entropy(prob.clamp(EPS, 1 - EPS), target, reduction="none"), region)
 
 
 def collect(loader, model, batches: int, run_model: bool = False,

@@ -144,6 +144,12 @@ class OccupancyDecoder(nn.Module):
         return self.head(dense)
 
 
+def per_sample_mean(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) mean of each sample's ``values`` over its ``region`` cells (0 for a sample without any)."""
+    weight = region.expand_as(values).float()
+    return (values * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
+
+
 def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None,
                    pos_weight: Optional[float] = None, focal_gamma: float = 0.0) -> torch.Tensor:
     """BCE-with-logits averaged over each sample's valid cells, then over the batch."""
@@ -154,9 +160,7 @@ def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, valid: Optional[t
         loss = loss * (1 - p_true).pow(focal_gamma)
     if valid is None:
         return loss.flatten(1).mean(1).mean()
-    valid = valid.expand_as(loss).float()
-    per_sample = (loss * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)
-    return per_sample.mean()
+    return per_sample_mean(loss, valid).mean()
 
 
 @torch.no_grad()

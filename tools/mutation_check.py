@@ -71,9 +71,8 @@ MUTANTS: Tuple[Mutant, ...] = (
            "    if True:\n        return loss.flatten(1).mean(1).mean()",
            (T_OCC,)),
     Mutant("occupancy_loss averages cells, not scenes", f"{PKG}/occupancy.py",
-           "per_sample = (loss * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)\n"
-           "    return per_sample.mean()",
-           "return (loss * valid).sum() / valid.sum().clamp(min=1.0)",
+           "    return per_sample_mean(loss, valid).mean()",
+           "    valid = valid.expand_as(loss).float()\n    return (loss * valid).sum() / valid.sum().clamp(min=1.0)",
            (T_OCC,)),
     Mutant("occupancy_loss ignores POS_WEIGHT", f"{PKG}/occupancy.py",
            "pos_weight=weight, reduction=\"none\"", "pos_weight=None, reduction=\"none\"", (T_OCC,)),
