@@ -4,8 +4,9 @@ VoxelNeXt encoder, each configuration in a fresh process, and how much of the fi
 Why: an OpenPCDet fine-tune spends 25-180 s in its first iteration on an H200. spconv 2.x times every
 candidate kernel once per new (dtype, channels, arch, mask width) key and keeps the winner in the process
 only, so each training process pays again. Each row runs in its own child process (an empty tuning
-cache), on bench_pretrain's ``baseline`` row: MeanVFE + VoxelNeXtEncoder, the engine's ``train_step``,
-dense synthetic frames at the user's grid (``--small``: bench_pretrain's reduced grid).
+cache), on one of bench_pretrain's steps (``--model``; default ``baseline``: MeanVFE + VoxelNeXtEncoder;
+``ema``: the pretraining model with its EMA teacher every step), the engine's ``train_step``, dense
+synthetic frames at the user's grid (``--small``: bench_pretrain's reduced grid).
 
 Rows: ``default`` (spconv as is), ``splitk1`` (env SPCONV_BWD_SPLITK=1), ``amp`` (autocast fp16; CUDA
 only), ``py_tuner`` and ``py_tuner_splitk1`` (spconv's Python tuner: ``spconv.pytorch.ops.SPCONV_CPP_GEMM``
@@ -25,10 +26,11 @@ Columns:
                         step after the warm-up; their difference estimates the tuning on either path
                         (first-call allocations included).
 A second table gives the host time of one more steady step (issue 15: where the host time goes), with
-no sync added: the step's own host time and the time inside spconv's conv modules (``SparseConvolution.
-forward``: Python, rule-books and the forward op), its rule-book builders, its forward and its backward
-ops. With the kernels asynchronous these are host times, except where spconv waits on the device
-inside (the output size of a strided conv's rule-book).
+no sync added, by part of ``train_step``: the model's forward (inside it the teacher's forward, spconv's
+conv modules, i.e. ``SparseConvolution.forward`` with its Python, rule-book builders and forward op), the
+backward (inside it spconv's backward ops), gradient clipping, the optimizer step, the after-step hook
+(the EMA update), and the rest. With the kernels asynchronous these are host times, except where the
+host waits on the device: a strided conv's rule-book (its output size), the non-finite loss check.
 On the CPU spconv does not tune (native algorithm, torch matmuls): tune calls are 0 there.
 
     PYTHONPATH=. python benchmarks/first_step.py [--rows default splitk1 ...] [--small] [--out FILE|DIR|-]
@@ -163,21 +165,40 @@ def tuner_kind(device: torch.device) -> str:
     return "c++" if ops.SPCONV_CPP_GEMM and ops.CONV_CPP is not None else "python"
 
 
-def host_targets() -> Dict[str, List[Tuple[object, str]]]:
-    """What the host-time step times: spconv's conv modules (a class attribute, so every layer), and
-    inside them the rule-book builders and the forward ops; the backward ops run from autograd."""
+def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object, str]]]:
+    """What the host-time step times, by part of ``Trainer.train_step``: the model's forward (inside it
+    the teacher's no-grad forward, if the model has one), the backward, gradient clipping, the optimizer
+    step (through the grad scaler) and the after-step hook (the EMA update); and spconv's conv modules (a
+    class attribute, so every layer, student and teacher), inside them the rule-book builders and the
+    forward ops, and the backward ops, which autograd runs. Each is looked up at call time by its caller."""
     conv = importlib.import_module("spconv.pytorch.conv")
-    return {"modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
+    teacher = next((type(m) for m in model.modules() if hasattr(type(m), "_teacher_forward")), None)
+    return {"forward": [(type(model), "forward")],
+            "teacher": [(teacher, "_teacher_forward")] if teacher else [],
+            "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
+            "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
+            "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
             "forward_ops": conv_targets(FORWARD_OPS), "backward_ops": conv_targets(BACKWARD_OPS)}
 
 
-def host_step(step: Callable[[], None], sync: Callable[[], None]) -> dict:
+# the parts of a step, as host_table lists them; "rest" is the step less the top-level parts
+HOST_PARTS = (("step", "whole step"), ("forward", "model forward"), ("teacher", "  teacher forward"),
+              ("modules", "  spconv conv modules"), ("rulebooks", "    rule-books"),
+              ("forward_ops", "    forward ops"), ("backward", "backward"),
+              ("backward_ops", "  spconv backward ops"), ("clip", "gradient clipping"),
+              ("optimizer", "optimizer step"), ("after_step", "after-step hook (EMA)"),
+              ("rest", "rest (scheduler, batch, loss check)"))
+TOP_LEVEL_PARTS = ("forward", "backward", "clip", "optimizer", "after_step")
+
+
+def host_step(step: Callable[[], None], sync: Callable[[], None],
+              targets: Dict[str, List[Tuple[object, str]]]) -> dict:
     """Host seconds of one ``step()`` (from a synchronised start to the return of the call) and of the
-    calls of :func:`host_targets`, timed without any sync of their own."""
-    parts = {name: Tally() for name in host_targets()}
+    calls of each part of ``targets`` (:func:`host_targets`), timed without any sync of their own."""
+    parts = {name: Tally() for name in targets}
     with contextlib.ExitStack() as stack:
-        for name, targets in host_targets().items():
-            stack.enter_context(timed_calls(targets, parts[name]))
+        for name, owners in targets.items():
+            stack.enter_context(timed_calls(owners, parts[name]))
         sync()
         start = time.perf_counter()
         step()
@@ -209,8 +230,8 @@ def measure(row: str, args: argparse.Namespace) -> dict:
         ops.SPCONV_CPP_GEMM = False  # read by the ops at call time: they take spconv's Python tuner
     dataset, batches, grid = stage(args, device)
     torch.manual_seed(0)
-    cfg = bp.row_config("baseline")
-    model = bp.build_model("baseline", cfg, dataset).to(device).train()
+    cfg = bp.row_config(args.model)
+    model = bp.build_model(args.model, cfg, dataset).to(device).train()
     trainer = bp.make_trainer(model, cfg, batches, device, spec.amp, epochs=args.warmup + args.steps + 2)
     state = TrainState()
     timer = bp.Timer(device)
@@ -234,7 +255,8 @@ def measure(row: str, args: argparse.Namespace) -> dict:
                 timed_calls(conv_targets(RULEBOOK_OPS), rules_warm, timer.sync):  # syncs: not in timed steps
             step(1 + args.warmup)
         steady = timer(lambda i: step(2 + args.warmup + i), 0, args.steps)
-        host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync)
+        host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync,
+                         host_targets(model, trainer.scaler))
     constants = importlib.import_module("spconv.constants")
     kind = tuner_kind(device)
     blind = kind == "c++"  # the C++ tuner never calls the Python methods
@@ -267,7 +289,8 @@ def child_env(row: str, base: Optional[Dict[str, str]] = None) -> Dict[str, str]
 def child_command(row: str, args: argparse.Namespace) -> List[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", row, "--device", args.device,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--frames", str(args.frames), "--batches", str(args.batches), "--data", str(args.data)] + (
+            "--frames", str(args.frames), "--batches", str(args.batches), "--data", str(args.data),
+            "--model", args.model] + (
         ["--small"] if args.small else [])
 
 
@@ -302,18 +325,27 @@ def add_ratios(rows: List[dict]) -> None:
         r["steady_vs_default"] = r["steady_ms"] / base["steady_ms"] if base else None
 
 
+def host_parts(host: dict) -> Dict[str, Tuple[float, Optional[int]]]:
+    """(ms, calls) per part of one host-timed step, "rest" included (the step less the top-level parts)."""
+    parts = {"step": (host["step_s"] * 1e3, None)}
+    parts.update({k: (v["seconds"] * 1e3, v["calls"]) for k, v in host.items() if isinstance(v, dict)})
+    parts["rest"] = (parts["step"][0] - sum(parts[k][0] for k in TOP_LEVEL_PARTS if k in parts), None)
+    return parts
+
+
 def host_table(rows: List[dict]) -> str:
-    """Host ms of one steady step: the whole step, spconv's conv modules, and inside them the rule-books
-    and forward ops, then the backward ops; calls per step in brackets."""
-    lines = [f"{'row':<17}{'step ms':>9}{'spconv modules':>20}{'rule-books':>16}{'forward ops':>16}"
-             f"{'backward ops':>16}"]
-    for r in rows:
-        if "host" not in r:
-            continue
-        h = r["host"]
-        parts = "".join(f"{h[k]['seconds'] * 1e3:>10.1f} ({h[k]['calls']:>3d})".rjust(w)
-                        for k, w in (("modules", 20), ("rulebooks", 16), ("forward_ops", 16), ("backward_ops", 16)))
-        lines.append(f"{r['row']:<17}{h['step_s'] * 1e3:>9.1f}{parts}")
+    """Host ms of one steady step per part (lines) and row (columns), calls per step in brackets;
+    indented parts lie inside the part above them."""
+    rows = [r for r in rows if "host" in r]
+    parts = [host_parts(r["host"]) for r in rows]
+    lines = [f"{'part':<38}" + "".join(f"{r['row']:>16}" for r in rows)]
+    for key, label in HOST_PARTS:
+        cells = []
+        for p in parts:
+            ms, calls = p.get(key, (None, None))
+            cell = "-" if ms is None else f"{ms:.1f}" + ("" if calls is None else f" ({calls})")
+            cells.append(f"{cell:>16}")
+        lines.append(f"{label:<38}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -350,6 +382,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=2, help="batches staged and cycled through")
     parser.add_argument("--data", default=None, help="folder for the generated frames (default: a temp folder)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per row's process")
+    parser.add_argument("--model", choices=bp.ROWS, default="baseline",
+                        help="which of bench_pretrain's steps every row times: baseline (the VoxelNeXt encoder "
+                             "alone), teacher_off, identical, ema (the EMA teacher every step) or phase2")
     parser.add_argument("--child", choices=list(ROWS), default=None, help=argparse.SUPPRESS)
     add_out_argument(parser)
     args = parser.parse_args(argv)
@@ -372,7 +407,7 @@ def main(argv=None) -> dict:
     bp.write_frames(Path(args.data), args.frames, "dense")  # once here, not in every row's process
     card = card_name(device)
     results: Dict[str, object] = {"env": bp.environment(device), "batch_size": args.batch_size,
-                                  "small": args.small, "rows": []}
+                                  "model": args.model, "small": args.small, "rows": []}
     run_id = None
     for row in args.rows:
         results["rows"].append(run_row(row, args))
@@ -381,7 +416,8 @@ def main(argv=None) -> dict:
         # partial results survive a run cut off by a time limit (the run is replaced later)
         run_id = append_run(args.out, "first_step", card, results, label=args.label, run_id=run_id)
     results["grid"] = next((r["grid"] for r in results["rows"] if "grid" in r), None)
-    print(f"{card}, batch {args.batch_size}, {'small' if args.small else 'full'} grid {results['grid']}")
+    print(f"{card}, {args.model} step, batch {args.batch_size}, {'small' if args.small else 'full'} grid "
+          f"{results['grid']}")
     print(table(results["rows"]))  # the tables are this tool's output
     print("host time of one steady step, no sync added: ms (calls)")
     print(host_table(results["rows"]))

@@ -17,18 +17,20 @@ def first_step(bench_module):
 
 @pytest.fixture(scope="module")
 def cpu_rows(first_step, tmp_path_factory):
-    """``default`` and ``splitk1`` on the small grid (batch 1, one timed step), each in a child process,
-    started from a process whose own SPCONV_BWD_SPLITK must not reach ``default``."""
+    """``default`` and ``splitk1`` on the small grid (batch 1, one timed step) of the EMA-teacher step,
+    each in a child process, started from a process whose own SPCONV_BWD_SPLITK must not reach
+    ``default``."""
     frames = tmp_path_factory.mktemp("first_step") / "frames"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPCONV_BWD_SPLITK", "2,4")
         results = first_step.main(["--small", "--device", "cpu", "--rows", "default", "splitk1",
                                    "--batch-size", "1", "--batches", "1", "--warmup", "0", "--steps", "1",
-                                   "--data", str(frames), "--out", "-"])
+                                   "--model", "ema", "--data", str(frames), "--out", "-"])
+    assert results["model"] == "ema"
     return {r["row"]: r for r in results["rows"]}
 
 
-def test_cpu_row_has_first_and_steady_times_and_no_tuning(cpu_rows):
+def test_cpu_row_has_first_and_steady_times_and_no_tuning(first_step, cpu_rows):
     row = cpu_rows["default"]
     assert "skipped" not in row, row.get("skipped")
     assert row["first_s"] > 0 and row["steady_ms"] > 0
@@ -47,6 +49,15 @@ def test_cpu_row_has_first_and_steady_times_and_no_tuning(cpu_rows):
     assert not any(name.endswith("_backward") for name in host["forward_ops"]["by_name"])
     assert host["modules"]["seconds"] >= host["rulebooks"]["seconds"] + host["forward_ops"]["seconds"]
     assert host["step_s"] >= host["modules"]["seconds"] + host["backward_ops"]["seconds"]
+    # the parts of train_step: each called once, nested where they should be
+    for part in ("forward", "teacher", "backward", "clip", "optimizer", "after_step"):
+        assert host[part]["calls"] == 1, part
+    assert host["forward"]["seconds"] >= host["modules"]["seconds"] >= host["teacher"]["seconds"] > 0
+    assert host["backward"]["seconds"] >= host["backward_ops"]["seconds"]
+    # the student's and the teacher's convs: the student's forward ops are the backward ops' count
+    assert host["forward_ops"]["calls"] > host["backward_ops"]["calls"]
+    parts = first_step.host_parts(host)
+    assert 0 <= parts["rest"][0] < parts["step"][0]
     assert row["first_x_steady"] == pytest.approx(row["first_s"] * 1e3 / row["steady_ms"])
     assert row["first_vs_default"] == 1.0
 
@@ -143,3 +154,20 @@ def test_ratios_against_the_default_row_and_dashes_for_an_unseen_tuner(first_ste
     lines = first_step.table(rows).splitlines()
     assert lines[1].split()[5:7] == ["-", "-"] and lines[2].split()[5:7] == ["12", "0.25"]
     assert "skipped" in lines[3]
+
+
+def test_host_parts_rest_is_the_step_less_the_top_level_parts_and_the_table_lists_every_part(first_step):
+    def part(ms, calls):
+        return {"seconds": ms / 1e3, "calls": calls, "by_name": {}}
+
+    host = {"step_s": 0.100, "forward": part(40, 1), "teacher": part(15, 1), "modules": part(30, 64),
+            "rulebooks": part(10, 28), "forward_ops": part(12, 64), "backward": part(30, 1),
+            "backward_ops": part(20, 32), "clip": part(2, 1), "optimizer": part(8, 1), "after_step": part(5, 1)}
+    parts = first_step.host_parts(host)
+    assert parts["rest"][0] == pytest.approx(100 - 40 - 30 - 2 - 8 - 5)  # nested parts not subtracted
+    assert parts["teacher"] == (pytest.approx(15), 1) and parts["step"] == (pytest.approx(100), None)
+    lines = first_step.host_table([{"row": "default", "host": host}, {"row": "amp", "skipped": "no"}]).splitlines()
+    assert lines[0].split() == ["part", "default"]
+    assert [ln.split()[-1] for ln in lines[1:3]] == ["100.0", "(1)"]
+    assert lines[-1].split()[-1] == "15.0"  # the rest
+    assert len(lines) == 1 + len(first_step.HOST_PARTS)
