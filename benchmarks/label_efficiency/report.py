@@ -166,11 +166,12 @@ def range_markdown(records: Sequence[dict], key: str = "mAP_3D") -> str:
 
 def cost_markdown(records: Sequence[dict]) -> str:
     """Wall time of each pretraining and of the fine-tunes, and pretraining as a fraction of one fine-tune
-    at the largest label fraction (the mean over its runs)."""
+    at the largest label fraction (the mean over its runs, with how many jobs shared the GPU in those)."""
     full = max(float(r["label_fraction"]) for r in records)
-    finetune = [float(r["finetune_s"]) for r in records if float(r["label_fraction"]) == full]
+    at_full = [r for r in records if float(r["label_fraction"]) == full]
+    finetune = [float(r["finetune_s"]) for r in at_full]
     per_full = sum(finetune) / len(finetune)
-    shared = sorted({r["plan"]["parallel"] for r in records if "parallel" in r.get("plan", {})})
+    shared = sorted({r["plan"]["parallel"] for r in at_full if "parallel" in r.get("plan", {})})
     context = f"; jobs sharing the GPU: {', '.join(map(str, shared))}" if shared else ""
     lines = [f"fine-tune at {full:.0%} labels: {per_full:.0f} s (mean of {len(finetune)} runs{context})"]
     pretrain = {r["arm"]: float(r["pretrain_s"]) for r in records if r.get("pretrain_s") is not None}
