@@ -142,6 +142,8 @@ def main() -> None:
         print(f"{r['boxes_per_sample']:>12}  {r['voxels_per_sample']:>13}  {r['stock_ms']:>8}  {r['batched_ms']:>10}"
               f"  {r['speedup']:>7}x  {str(r['identical']):>9}  {r['max_abs_diff']:.2g}")
     payload = {"assign_targets": targets}
+    # written now, then replaced with part 2 added: a run cut off in part 2 keeps part 1
+    run_id = append_run(args.out, "voxelnext_targets", card, payload, label=args.label)
     if args.data:
         log_dir = REPO / args.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ def main() -> None:
         for r in payload["finetune_step"]:
             print(f"{r['targets']:>10}: {r['forward_s']} s/step over {r['iterations']} steps "
                   f"(x{r['x_stock']} of the stock loop), wall {r['wall_s']} s")
-    append_run(args.out, "voxelnext_targets", card, payload, label=args.label)
+        append_run(args.out, "voxelnext_targets", card, payload, label=args.label, run_id=run_id)
 
 
 if __name__ == "__main__":
