@@ -70,6 +70,21 @@ def test_difference_counts_only_above_twice_the_pooled_std():
     assert "+4.00 ± 1.00 (yes)" in table and "(no)" in table
 
 
+def test_a_frozen_backbone_is_compared_with_scratchs_frozen_one():
+    def recs(arm, lr, values):
+        return [dict(arm=arm, lr=lr, label_fraction=0.1, seed=s, mAP_3D=v, mAP_BEV=v) for s, v in enumerate(values)]
+
+    records = (recs("scratch", "uniform", [10.0, 11.0, 12.0]) + recs("scratch", "frozen", [1.0, 2.0, 3.0])
+               + recs("rmae", "frozen", [5.0, 6.0, 7.0]) + recs("rmae", "slow_backbone", [12.0, 13.0, 14.0])
+               + recs("rmae", "uniform", [11.0, 12.0, 13.0]))
+    vs = report.compare_to_scratch(report.group(records))
+    assert vs[("rmae", "frozen", 0.1)][0] == pytest.approx(4.0)  # random features, not a trained scratch
+    assert vs[("rmae", "slow_backbone", 0.1)][0] == pytest.approx(2.0)
+    assert ("scratch", "frozen", 0.1) not in vs
+    # the goals are about the user's LR rules: diagnostics are not the "best pretrained cell"
+    assert report.goals(records)[0].startswith("NOT met: >= +5 mAP at 10% labels (best: rmae uniform, +1.00")
+
+
 @pytest.mark.parametrize("frames, batch, iterations, epochs", [(20, 4, 400, 80), (200, 4, 400, 8), (7, 4, 10, 5),
                                                                 (201, 4, 400, 8)])
 def test_every_fraction_gets_at_least_the_same_optimiser_steps(frames, batch, iterations, epochs):
