@@ -117,6 +117,9 @@ class FakeCommands:
             (out / "ImageSets" / "train.txt").write_text("")
             for i in range(int(arg("--frames"))):
                 (out / "points" / f"{i:06d}.npy").write_bytes(b"")
+        elif "tools/export_pretrained.py" in cmd:
+            assert Path(arg("--ckpt")).is_file(), "exported before its pretraining ended"
+            Path(arg("--out")).write_bytes(b"")
         elif "tools/create_infos.py" in cmd:
             (Path(cmd[-1]) / "custom_infos_val.pkl").write_bytes(b"")
         elif "tools/train_rmae_cmae_phase1.py" in cmd:
@@ -241,6 +244,24 @@ def test_slow_backbone_rule_runs_for_pretrained_arms_only_with_head_ratio_one(tm
     assert {(r["arm"], r["lr"]) for r in records} == {("scratch", "uniform"), ("rmae", "slow_backbone")}
     slow = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd and "le_rmae_slow_backbone_f1_s0" in cmd]
     assert slow and slow[0][-4:] == ["OPTIMIZATION.DIFFERENTIAL_LR", "True", "OPTIMIZATION.DENSE_HEAD_LR_RATIO", "1.0"]
+
+
+def test_teacher_arm_fine_tunes_from_the_exported_ema_teacher_of_its_pretraining(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path)
+    records = _drive(tmp_path, monkeypatch, fake, "--arms", "scratch", "rmae_ts_teacher", "--lr_rules", "uniform")
+    assert {(r["arm"], r["lr"]) for r in records} == {("scratch", "uniform"), ("rmae_ts_teacher", "uniform")}
+    pretrainings = [cmd for cmd, *_ in fake.calls if "tools/train_rmae_cmae_phase1.py" in cmd]
+    assert [cmd[cmd.index("--cfg_file") + 1] for cmd in pretrainings] == [run.PRETRAIN_ARMS["rmae_ts"][0]]
+    exports = [cmd for cmd, *_ in fake.calls if "tools/export_pretrained.py" in cmd]
+    assert len(exports) == 1  # once for the arm's 3 fine-tunes
+    export = exports[0]
+    assert export[export.index("--weights") + 1] == "teacher"
+    assert "le_rmae_ts" in export[export.index("--ckpt") + 1]
+    teacher_runs = [cmd for cmd, *_ in fake.calls if "scripts/dist_train.sh" in cmd and "--pretrained_model" in cmd]
+    assert len(teacher_runs) == 3
+    assert all(cmd[cmd.index("--pretrained_model") + 1] == export[export.index("--out") + 1] for cmd in teacher_runs)
+    timings = __import__("json").loads((tmp_path / "work" / "pretrain_times.json").read_text())
+    assert {r["pretrain_s"] for r in records if r["arm"] == "rmae_ts_teacher"} == {timings["rmae_ts"]}
 
 
 def test_report_per_class_cost_and_score_check_from_hand_records():

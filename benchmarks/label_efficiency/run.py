@@ -2,9 +2,11 @@
 
 Creates the splits (an unlabelled pretraining pool, a labelled pool with nested fractions, a held-out
 validation set), then runs only the README's commands: the generator, ``tools/create_infos.py``,
-``tools/train_rmae_cmae_phase1.py`` (one pretraining per arm), ``scripts/dist_train.sh`` and
-``scripts/dist_test.sh``. Every finished fine-tune appends one record to the results JSON at once;
-runs with a record are skipped, so the script continues where a device block ended. It needs an
+``tools/train_rmae_cmae_phase1.py`` (one pretraining per arm), ``tools/export_pretrained.py --weights
+teacher`` (the ``rmae_ts_teacher`` arm: fine-tuned from R-MAE + TS's EMA teacher instead of its student),
+``scripts/dist_train.sh`` and ``scripts/dist_test.sh``. Every finished fine-tune appends one record to
+the results JSON at once; runs with a record are skipped, so the script continues where a device block
+ended. It needs an
 OpenPCDet that the launchers find (``PCDET_TOOLS``) and never builds or contains OpenPCDet.
 
     python benchmarks/label_efficiency/run.py --work output/label_efficiency \\
@@ -47,6 +49,9 @@ PRETRAIN_ARMS = {  # arm -> (pretraining config, extra --set pairs)
     "rmae_voxels": ("cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml",
                     ["MODEL.BACKBONE_3D.MASKING_TARGET", "voxels"]),
 }
+# arm -> the pretraining arm whose EMA teacher it fine-tunes from, exported with the README's
+# ``tools/export_pretrained.py --weights teacher`` (the other arms start from the student's encoder)
+TEACHER_ARMS = {"rmae_ts_teacher": "rmae_ts"}
 
 # What makes two runs comparable: records of one results file must agree on these (``--parallel`` and
 # ``--workers`` change only the wall times, which the records keep per run).
@@ -59,7 +64,7 @@ _TIMINGS_LOCK = threading.Lock()  # the pretrainings run in threads and share pr
 class Run:
     """One fine-tune: which encoder, which LR rule, how many labels, which seed."""
 
-    arm: str  # scratch | rmae | rmae_ts | rmae_voxels
+    arm: str  # scratch | rmae | rmae_ts | rmae_voxels | rmae_ts_teacher
     lr: str  # differential | uniform | slow_backbone | frozen
     label_fraction: float
     seed: int
@@ -191,6 +196,19 @@ def pretrain(arm: str, args, work: Path, timings: Dict[str, float], env: Dict[st
     return ckpt
 
 
+_EXPORT_LOCK = threading.Lock()  # the fine-tunes of a teacher arm start in threads; one export each
+
+
+def teacher_encoder(arm: str, student_ckpt: Path, work: Path, env: Dict[str, str]) -> Path:
+    """The EMA teacher's encoder of ``arm``'s source pretraining (exported once, reused)."""
+    out = work / "pretrain_output" / f"{arm}_encoder.pth"
+    with _EXPORT_LOCK:
+        if not out.exists():
+            sh([sys.executable, "tools/export_pretrained.py", "--ckpt", str(student_ckpt), "--weights", "teacher",
+                "--out", str(out)], work / "runs" / f"export_{arm}.log", env)
+    return out
+
+
 def read_result(folder: Path) -> dict:
     found = sorted(folder.rglob("result_custom.json"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -296,7 +314,7 @@ def main() -> None:
     parser.add_argument("--work", default="output/label_efficiency")
     parser.add_argument("--results", default="benchmarks/results/label_efficiency.json")
     parser.add_argument("--arms", nargs="+", default=["scratch", "rmae", "rmae_ts"],
-                        choices=["scratch", *PRETRAIN_ARMS])
+                        choices=["scratch", *PRETRAIN_ARMS, *TEACHER_ARMS])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 1.0])
     parser.add_argument("--lr_rules", nargs="+", default=["differential", "uniform"], choices=list(LR_RULES),
                         help="fine-tuning LR rules of the pretrained arms (frozen: a diagnostic)")
@@ -348,7 +366,7 @@ def main() -> None:
     done = results.done()
     todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
             if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
-    arms = [a for a in PRETRAIN_ARMS if any(r.arm == a for r in todo)]
+    arms = [a for a in PRETRAIN_ARMS if any(TEACHER_ARMS.get(r.arm, r.arm) == a for r in todo)]
     fractions = [] if args.pretrain_only else args.fractions  # infos need OpenPCDet
     if args.pretrain_only:
         todo = []
@@ -366,13 +384,16 @@ def main() -> None:
         return pretrain(arm, args, work, timings, job_env(), may_start=not over_budget())
 
     def finetune_job(run: Run) -> None:
-        encoder = None if run.arm == "scratch" else encoders[run.arm].result()
+        source = TEACHER_ARMS.get(run.arm, run.arm)  # the pretraining this run's encoder comes from
+        encoder = None if run.arm == "scratch" else encoders[source].result()
         if over_budget() or (run.arm != "scratch" and encoder is None):
             return
+        if run.arm in TEACHER_ARMS:
+            encoder = teacher_encoder(run.arm, encoder, work, job_env())
         data = folders[run.label_fraction].result()
         record = finetune(run, data, frames[run.label_fraction], encoder, args, work, pcdet_root, job_env(),
                           min(args.fractions))
-        record.update(pretrain_s=timings.get(run.arm), card=card, commit=commit, plan=plan)
+        record.update(pretrain_s=timings.get(source), card=card, commit=commit, plan=plan)
         results.add(record)
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
               f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
