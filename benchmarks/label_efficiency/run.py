@@ -6,8 +6,8 @@ validation set), then runs only the README's commands: the generator, ``tools/cr
 teacher`` (the ``rmae_ts_teacher`` arm: fine-tuned from R-MAE + TS's EMA teacher instead of its student),
 ``scripts/dist_train.sh`` and ``scripts/dist_test.sh``. Every finished fine-tune appends one record to
 the results JSON at once; runs with a record are skipped, so the script continues where a device block
-ended. It needs an
-OpenPCDet that the launchers find (``PCDET_TOOLS``) and never builds or contains OpenPCDet.
+ended. It needs an OpenPCDet that the launchers find (``PCDET_TOOLS``) and never builds or contains
+OpenPCDet.
 
     python benchmarks/label_efficiency/run.py --work output/label_efficiency \\
         --results benchmarks/results/label_efficiency.json --parallel 6 --budget_s 400
