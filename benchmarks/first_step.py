@@ -337,6 +337,8 @@ def host_table(rows: List[dict]) -> str:
     """Host ms of one steady step per part (lines) and row (columns), calls per step in brackets;
     indented parts lie inside the part above them."""
     rows = [r for r in rows if "host" in r]
+    if not rows:
+        return "no row has a host time (every row was skipped)"
     parts = [host_parts(r["host"]) for r in rows]
     lines = [f"{'part':<38}" + "".join(f"{r['row']:>16}" for r in rows)]
     for key, label in HOST_PARTS:

@@ -171,3 +171,4 @@ def test_host_parts_rest_is_the_step_less_the_top_level_parts_and_the_table_list
     assert [ln.split()[-1] for ln in lines[1:3]] == ["100.0", "(1)"]
     assert lines[-1].split()[-1] == "15.0"  # the rest
     assert len(lines) == 1 + len(first_step.HOST_PARTS)
+    assert first_step.host_table([{"row": "amp", "skipped": "no"}]).startswith("no row has a host time")
