@@ -167,14 +167,22 @@ def tuner_kind(device: torch.device) -> str:
 
 def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object, str]]]:
     """What the host-time step times, by part of ``Trainer.train_step``: the model's forward (inside it
-    the teacher's no-grad forward, if the model has one), the backward, gradient clipping, the optimizer
+    the teacher's no-grad forward, the encoder forwards, the masking, the occupancy decoder and the losses
+    with their teacher-student part, where the model has them), the backward, gradient clipping, the optimizer
     step (through the grad scaler) and the after-step hook (the EMA update); and spconv's conv modules (a
     class attribute, so every layer, student and teacher), inside them the rule-book builders and the
     forward ops, and the backward ops, which autograd runs. Each is looked up at call time by its caller."""
     conv = importlib.import_module("spconv.pytorch.conv")
-    teacher = next((type(m) for m in model.modules() if hasattr(type(m), "_teacher_forward")), None)
+    encoder = importlib.import_module("pcdet_rmae_ts.models.encoder").VoxelNeXtEncoder
+    backbone = next((type(m) for m in model.modules() if hasattr(m, "masker")), None)  # a pretraining backbone
+    decoder = next((type(m.occupancy_decoder) for m in model.modules() if hasattr(m, "occupancy_decoder")), None)
+    masker = next((type(m.masker) for m in model.modules() if hasattr(m, "masker")), None)
     return {"forward": [(type(model), "forward")],
-            "teacher": [(teacher, "_teacher_forward")] if teacher else [],
+            "teacher": [(backbone, "_teacher_forward")] if backbone else [],
+            "encode": [(encoder, "encode")], "masking": [(masker, "__call__")] if masker else [],
+            "decoder": [(decoder, "forward")] if decoder else [],
+            "loss": [(backbone, "get_loss")] if backbone else [],
+            "ts_loss": [(backbone, "_teacher_student_loss")] if backbone else [],
             "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
             "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
             "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
@@ -183,6 +191,8 @@ def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object,
 
 # the parts of a step, as host_table lists them; "rest" is the step less the top-level parts
 HOST_PARTS = (("step", "whole step"), ("forward", "model forward"), ("teacher", "  teacher forward"),
+              ("encode", "  encoder forwards (teacher, student)"), ("masking", "  masking"),
+              ("decoder", "  occupancy decoder"), ("loss", "  losses"), ("ts_loss", "    teacher-student"),
               ("modules", "  spconv conv modules"), ("rulebooks", "    rule-books"),
               ("forward_ops", "    forward ops"), ("backward", "backward"),
               ("backward_ops", "  spconv backward ops"), ("clip", "gradient clipping"),

@@ -50,9 +50,14 @@ def test_cpu_row_has_first_and_steady_times_and_no_tuning(first_step, cpu_rows):
     assert host["modules"]["seconds"] >= host["rulebooks"]["seconds"] + host["forward_ops"]["seconds"]
     assert host["step_s"] >= host["modules"]["seconds"] + host["backward_ops"]["seconds"]
     # the parts of train_step: each called once, nested where they should be
-    for part in ("forward", "teacher", "backward", "clip", "optimizer", "after_step"):
+    for part in ("forward", "teacher", "masking", "decoder", "loss", "backward", "clip", "optimizer", "after_step"):
         assert host[part]["calls"] == 1, part
+    assert host["encode"]["calls"] == 2  # the teacher's and the student's
+    assert host["masking"]["by_name"] == {"__call__": 1}  # the masker's whole call, not a helper of it
+    assert host["ts_loss"]["calls"] == 0  # the EMA row trains no teacher-student loss
     assert host["forward"]["seconds"] >= host["modules"]["seconds"] >= host["teacher"]["seconds"] > 0
+    # disjoint parts of the forward: the two encoder passes, masking, decoder, losses
+    assert host["forward"]["seconds"] >= sum(host[k]["seconds"] for k in ("encode", "masking", "decoder", "loss"))
     assert host["backward"]["seconds"] >= host["backward_ops"]["seconds"]
     # the student's and the teacher's convs: the student's forward ops are the backward ops' count
     assert host["forward_ops"]["calls"] > host["backward_ops"]["calls"]
