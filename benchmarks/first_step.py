@@ -174,15 +174,14 @@ def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object,
     forward ops, and the backward ops, which autograd runs. Each is looked up at call time by its caller."""
     conv = importlib.import_module("spconv.pytorch.conv")
     encoder = importlib.import_module("pcdet_rmae_ts.models.encoder").VoxelNeXtEncoder
-    backbone = next((type(m) for m in model.modules() if hasattr(m, "masker")), None)  # a pretraining backbone
-    decoder = next((type(m.occupancy_decoder) for m in model.modules() if hasattr(m, "occupancy_decoder")), None)
-    masker = next((type(m.masker) for m in model.modules() if hasattr(m, "masker")), None)
+    backbone = next((m for m in model.modules() if hasattr(m, "masker")), None)  # a pretraining backbone
+    has = backbone is not None
     return {"forward": [(type(model), "forward")],
-            "teacher": [(backbone, "_teacher_forward")] if backbone else [],
-            "encode": [(encoder, "encode")], "masking": [(masker, "__call__")] if masker else [],
-            "decoder": [(decoder, "forward")] if decoder else [],
-            "loss": [(backbone, "get_loss")] if backbone else [],
-            "ts_loss": [(backbone, "_teacher_student_loss")] if backbone else [],
+            "teacher": [(type(backbone), "_teacher_forward")] if has else [],
+            "encode": [(encoder, "encode")], "masking": [(type(backbone.masker), "__call__")] if has else [],
+            "decoder": [(type(backbone.occupancy_decoder), "forward")] if has else [],
+            "loss": [(type(backbone), "get_loss")] if has else [],
+            "ts_loss": [(type(backbone), "_teacher_student_loss")] if has else [],
             "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
             "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
             "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
