@@ -70,6 +70,11 @@ class Run:
     seed: int
 
     @property
+    def pretraining(self) -> Optional[str]:
+        """The pretraining arm whose run gives this fine-tune its encoder (None: scratch)."""
+        return None if self.arm == "scratch" else TEACHER_ARMS.get(self.arm, self.arm)
+
+    @property
     def name(self) -> str:
         return f"{self.arm}_{self.lr}_f{self.label_fraction:g}_s{self.seed}"
 
@@ -366,7 +371,7 @@ def main() -> None:
     done = results.done()
     todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
             if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
-    arms = [a for a in PRETRAIN_ARMS if any(TEACHER_ARMS.get(r.arm, r.arm) == a for r in todo)]
+    arms = [a for a in PRETRAIN_ARMS if any(r.pretraining == a for r in todo)]
     fractions = [] if args.pretrain_only else args.fractions  # infos need OpenPCDet
     if args.pretrain_only:
         todo = []
@@ -384,16 +389,15 @@ def main() -> None:
         return pretrain(arm, args, work, timings, job_env(), may_start=not over_budget())
 
     def finetune_job(run: Run) -> None:
-        source = TEACHER_ARMS.get(run.arm, run.arm)  # the pretraining this run's encoder comes from
-        encoder = None if run.arm == "scratch" else encoders[source].result()
-        if over_budget() or (run.arm != "scratch" and encoder is None):
+        encoder = None if run.pretraining is None else encoders[run.pretraining].result()
+        if over_budget() or (run.pretraining is not None and encoder is None):
             return
         if run.arm in TEACHER_ARMS:
             encoder = teacher_encoder(run.arm, encoder, work, job_env())
         data = folders[run.label_fraction].result()
         record = finetune(run, data, frames[run.label_fraction], encoder, args, work, pcdet_root, job_env(),
                           min(args.fractions))
-        record.update(pretrain_s=timings.get(source), card=card, commit=commit, plan=plan)
+        record.update(pretrain_s=timings.get(run.pretraining), card=card, commit=commit, plan=plan)
         results.add(record)
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
               f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
