@@ -66,3 +66,23 @@ def test_deep_stages_merge_without_host_to_device_copies():
     assert torch.equal(merged.indices[300:500, 1:], x5.indices[:, 1:] * 2)
     assert torch.equal(merged.indices[500:, 1:], x6.indices[:, 1:] * 4)
     assert torch.equal(merged.indices[300:, 0], torch.cat([x5.indices[:, 0], x6.indices[:, 0]]))
+
+
+def test_mlfr_aligns_a_unique_site_scale_without_waiting():
+    from pcdet_rmae_ts.compat import import_spconv
+    from pcdet_rmae_ts.losses.mlfr import MLFRLoss
+
+    spconv = import_spconv()
+    shape = [200, 200]
+    teacher_idx = torch.unique(_coords(3000, 2, shape), dim=0)  # unique sites, as one conv's output has
+    student_idx = teacher_idx[::3]
+    loss = MLFRLoss({"bev": 8}, ("bev",)).cuda()
+
+    def view(indices):
+        features = torch.randn(indices.shape[0], 8, device="cuda")
+        return {"encoded_spconv_tensor": spconv.SparseConvTensor(features, indices, shape, 2)}
+
+    student, teacher = view(student_idx), view(teacher_idx)
+    with syncs_are_errors():
+        _, indices, _, inputs, seen = loss.decoder_input("bev", student, teacher)
+    assert indices.shape == teacher_idx.shape and int(seen.sum()) == student_idx.shape[0]

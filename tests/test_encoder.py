@@ -97,3 +97,21 @@ def test_eval_mode_runs_on_cpu(golden):
 def test_rejects_mismatched_deep_channels():
     with pytest.raises(ValueError, match="c3 == c4"):
         VoxelNeXtEncoder(4, [64, 64, 16], channels=[8, 8, 16, 16, 32])
+
+
+def test_only_x_conv4_can_hold_a_site_twice(golden):
+    """MLFR sorts the sites of every scale but x_conv4 instead of coalescing them (no host sync):
+    right only while each of those scales is one sparse conv's output, one row per site."""
+    from pcdet_rmae_ts.losses.common import scale_tensor
+    from pcdet_rmae_ts.losses.mlfr import STACKED_SCALES
+    from pcdet_rmae_ts.sparse_align import site_keys
+
+    out = _run_golden(golden, threads=1)
+    for scale in ("x_conv1", "x_conv2", "x_conv3", "x_conv4", "bev"):
+        tensor = scale_tensor(out, scale)
+        keys = site_keys(tensor.indices, tensor.spatial_shape)
+        repeated = keys.numel() - torch.unique(keys).numel()
+        if scale in STACKED_SCALES:
+            assert repeated > 0, f"{scale} no longer stacks rows at one site: drop it from STACKED_SCALES"
+        else:
+            assert repeated == 0, f"{scale} holds {repeated} repeated site(s): add it to STACKED_SCALES"

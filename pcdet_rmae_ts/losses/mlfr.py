@@ -14,13 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compat import apply_spconv_cpu_fixes, import_spconv
-from ..sparse_align import coalesce_sites, keys_to_indices, lookup_keys
+from ..sparse_align import coalesce_sites, keys_to_indices, lookup_keys, sort_sites
 from .common import SCALE_NAMES, per_scene_mean, scale_tensor
 
 spconv = import_spconv()
 apply_spconv_cpu_fixes()
 
 TARGET_NORMS = ("layer_norm", "l2", "none")
+# x_conv4 stacks the rows of conv4, conv5 and conv6 at stride-8 coordinates, so one site can hold
+# several rows; every other scale is one sparse conv's output, whose sites are unique.
+STACKED_SCALES = ("x_conv4",)
 LOSS_TYPES = ("smooth_l1", "cosine")
 
 
@@ -114,13 +117,18 @@ class MLFRLoss(nn.Module):
         Student sites absent from the teacher carry no target and are dropped."""
         s_t, t_t = scale_tensor(student, scale), scale_tensor(teacher, scale)
         shape = [int(v) for v in t_t.spatial_shape]
-        t_keys, target = coalesce_sites(t_t.indices, t_t.features.detach(), shape)
-        s_keys, s_feat = coalesce_sites(s_t.indices, s_t.features, shape)
+        if scale in STACKED_SCALES:
+            t_keys, target = coalesce_sites(t_t.indices, t_t.features.detach(), shape)
+            t_indices = keys_to_indices(t_keys, shape)
+            s_keys, s_feat = coalesce_sites(s_t.indices, s_t.features, shape)
+        else:  # unique sites: sorting is enough, and it never waits on the device
+            t_keys, t_indices, target = sort_sites(t_t.indices, t_t.features.detach(), shape)
+            s_keys, _, s_feat = sort_sites(s_t.indices, s_t.features, shape)
         seen, pos = lookup_keys(t_keys, s_keys)
         token = self.decoders[scale].mask_token.to(s_feat.dtype)
         gathered = s_feat[pos] if s_feat.shape[0] else token.expand(t_keys.shape[0], -1)
         inputs = torch.where(seen[:, None], gathered, token.expand_as(gathered))
-        return t_keys, keys_to_indices(t_keys, shape), target, inputs, seen
+        return t_keys, t_indices, target, inputs, seen
 
     def scale_loss(self, scale: str, student: dict, teacher: dict, batch_size: int) -> Tuple[torch.Tensor, dict]:
         keys, indices, target, inputs, seen = self.decoder_input(scale, student, teacher)
