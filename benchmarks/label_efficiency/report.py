@@ -212,16 +212,27 @@ def curves_markdown(records: Sequence[dict], every: int = 100) -> str:
     return means_table(by_cell, steps, [f"step {s}" for s in steps], seeds=True)
 
 
-def plot_curves(records: Sequence[dict], path: Path) -> None:
+def panels(count: int, width: float):
+    """A figure with ``count`` panels side by side (matplotlib only when a plot is asked for)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, count, figsize=(width * count, 4), squeeze=False)
+    return fig, axes[0]
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_curves(records: Sequence[dict], path: Path) -> None:
     by_cell = curves(records)
     fractions = sorted({c[2] for c in by_cell})
-    fig, axes = plt.subplots(1, len(fractions), figsize=(5.5 * len(fractions), 4), squeeze=False)
-    for ax, fraction in zip(axes[0], fractions):
+    fig, axes = panels(len(fractions), 5.5)
+    for ax, fraction in zip(axes, fractions):
         for cell in sorted(c for c in by_cell if c[2] == fraction):
             steps = sorted(by_cell[cell])
             ax.plot(steps, [mean_std(by_cell[cell][s])[0] for s in steps], marker=".", label=f"{cell[0]} ({cell[1]})")
@@ -231,17 +242,11 @@ def plot_curves(records: Sequence[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path)
 
 
 def plot(records: Sequence[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = panels(2, 5.5)
     for ax, key in zip(axes, ("mAP_3D", "mAP_BEV")):
         cells = group(records, key)
         for arm, lr in sorted({(c[0], c[1]) for c in cells}):
@@ -254,8 +259,7 @@ def plot(records: Sequence[dict], path: Path) -> None:
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path)
 
 
 def main() -> None:
