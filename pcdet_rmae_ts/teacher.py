@@ -7,7 +7,8 @@ of training progress (a function of the global step, so resumed runs continue it
 
 BatchNorm: the teacher normalises with the statistics of the complete batch it sees
 (train-mode BN), but its forward never writes BN buffers (``frozen_bn_buffers``);
-the EMA teacher copies the student's running statistics at each update.
+the EMA teacher copies the student's running statistics at each update. Its sparse convs run
+in eval mode (``inference_convs``): a pass without gradient needs no backward rule-book data.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .compat import import_spconv
 from .schedules import cosine_between
 
 TEACHER_TYPES = ("identical", "ema")
@@ -63,3 +65,28 @@ def frozen_bn_buffers(module: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def inference_convs(module: nn.Module) -> Iterator[None]:
+    """Run spconv's convs in eval mode; everything else (BatchNorm included) keeps its mode.
+
+    In eval mode spconv builds a submanifold rule-book without the backward pairs and masks, and
+    calls its forward kernel without an autograd Function: host work a no-grad pass never uses.
+    The features are the same (its bias is added in the kernel instead of after it)."""
+    conv_class = import_spconv().conv.SparseConvolution
+    convs = [m for m in module.modules() if isinstance(m, conv_class) and m.training]
+    for m in convs:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in convs:
+            m.training = True
+
+
+@contextlib.contextmanager
+def teacher_pass(module: nn.Module) -> Iterator[None]:
+    """The teacher's forward: batch-statistics BN that writes no buffer, convs without backward data."""
+    with frozen_bn_buffers(module), inference_convs(module):
+        yield
