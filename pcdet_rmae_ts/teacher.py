@@ -13,7 +13,7 @@ in eval mode (``inference_convs``): a pass without gradient needs no backward ru
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, List
 
 import torch
 from torch import nn
@@ -51,38 +51,35 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 @contextlib.contextmanager
-def frozen_bn_buffers(module: nn.Module) -> Iterator[None]:
+def _switched_off(modules: List[nn.Module], flag: str) -> Iterator[None]:
+    """Set the boolean attribute ``flag`` to False, for the block, on the modules where it is True."""
+    switched = [m for m in modules if getattr(m, flag)]
+    for m in switched:
+        setattr(m, flag, False)
+    try:
+        yield
+    finally:
+        for m in switched:
+            setattr(m, flag, True)
+
+
+def frozen_bn_buffers(module: nn.Module):
     """Run BN in train mode (batch statistics) without touching its running buffers.
 
     With ``track_running_stats`` off, a train-mode BN normalises with the batch statistics and
     neither updates nor counts (``num_batches_tracked``) anything: no extra kernels at all."""
-    norms = [m for m in module.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.track_running_stats = True
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return _switched_off(norms, "track_running_stats")
 
 
-@contextlib.contextmanager
-def inference_convs(module: nn.Module) -> Iterator[None]:
+def inference_convs(module: nn.Module):
     """Run spconv's convs in eval mode; everything else (BatchNorm included) keeps its mode.
 
     In eval mode spconv builds a submanifold rule-book without the backward pairs and masks, and
     calls its forward kernel without an autograd Function: host work a no-grad pass never uses.
     The features are the same (its bias is added in the kernel instead of after it)."""
     conv_class = import_spconv().conv.SparseConvolution
-    convs = [m for m in module.modules() if isinstance(m, conv_class) and m.training]
-    for m in convs:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in convs:
-            m.training = True
+    return _switched_off([m for m in module.modules() if isinstance(m, conv_class)], "training")
 
 
 @contextlib.contextmanager
