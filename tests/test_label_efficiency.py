@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -212,6 +213,17 @@ def test_pretrain_only_pretrains_every_arm_and_runs_nothing_that_needs_openpcdet
     tools = [next(c for c in cmd if c.startswith(("tools/", "scripts/", "pcdet_rmae_ts"))) for cmd, *_ in fake.calls]
     assert sorted(tools) == ["pcdet_rmae_ts.data.synthetic"] + ["tools/train_rmae_cmae_phase1.py"] * 2
     assert not (tmp_path / "results.json").exists()
+
+
+def test_pretrain_only_pretrains_an_asked_arm_whose_table_runs_are_all_done(tmp_path, monkeypatch):
+    """A hold asks for an encoder (for diagnostics or a teacher arm) although the results file needs
+    no more run of it: --pretrain_only --arms still pretrains it (sixth session: it did not)."""
+    fake = FakeCommands(tmp_path)
+    assert len(_drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "rmae")) == 2
+    shutil.rmtree(tmp_path / "work" / "pretrain_output")  # a new machine: the encoder is gone
+    calls = len(fake.calls)
+    _drive(tmp_path, monkeypatch, fake, "--fractions", "1.0", "--arms", "rmae", "--pretrain_only")
+    assert ["tools/train_rmae_cmae_phase1.py" in cmd for cmd, *_ in fake.calls[calls:]] == [True]
 
 
 def test_driver_refuses_to_mix_plans_in_one_results_file(tmp_path, monkeypatch, capsys):

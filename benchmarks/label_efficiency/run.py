@@ -369,9 +369,10 @@ def main() -> None:
     timings_file = work / "pretrain_times.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     done = results.done()
-    todo = [r for r in plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
-            if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
-    arms = [a for a in PRETRAIN_ARMS if any(r.pretraining == a for r in todo)]
+    planned = plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
+    todo = [r for r in planned if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
+    # --pretrain_only: every asked-for arm's encoder, even where its runs are all done (a new machine)
+    arms = [a for a in PRETRAIN_ARMS if any(r.pretraining == a for r in (planned if args.pretrain_only else todo))]
     fractions = [] if args.pretrain_only else args.fractions  # infos need OpenPCDet
     if args.pretrain_only:
         todo = []
