@@ -55,7 +55,11 @@ def test_cpu_row_has_first_and_steady_times_and_no_tuning(first_step, cpu_rows):
     assert host["encode"]["calls"] == 2  # the teacher's and the student's
     assert host["masking"]["by_name"] == {"__call__": 1}  # the masker's whole call, not a helper of it
     assert host["ts_loss"]["calls"] == 0  # the EMA row trains no teacher-student loss
-    assert host["forward"]["seconds"] >= host["modules"]["seconds"] >= host["teacher"]["seconds"] > 0
+    # nesting: all conv modules are part of the forward; the teacher's pass is one encoder pass and a small
+    # projector, the encoder passes are its and the student's. (Under CPU load the teacher's non-conv work
+    # can outweigh every conv call, so "modules >= teacher" held only on an idle machine.)
+    assert host["forward"]["seconds"] >= host["modules"]["seconds"] > 0
+    assert host["encode"]["seconds"] > host["teacher"]["seconds"] > 0
     # disjoint parts of the forward: the two encoder passes, masking, decoder, losses
     assert host["forward"]["seconds"] >= sum(host[k]["seconds"] for k in ("encode", "masking", "decoder", "loss"))
     assert host["backward"]["seconds"] >= host["backward_ops"]["seconds"]
