@@ -7,18 +7,16 @@ of training progress (a function of the global step, so resumed runs continue it
 
 BatchNorm: the teacher normalises with the statistics of the complete batch it sees
 (train-mode BN), but its forward never writes BN buffers (``frozen_bn_buffers``);
-the EMA teacher copies the student's running statistics at each update. Its sparse convs run
-in eval mode (``inference_convs``): a pass without gradient needs no backward rule-book data.
+the EMA teacher copies the student's running statistics at each update.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from .compat import import_spconv
 from .schedules import cosine_between
 
 TEACHER_TYPES = ("identical", "ema")
@@ -51,39 +49,17 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 @contextlib.contextmanager
-def _switched_off(modules: List[nn.Module], flag: str) -> Iterator[None]:
-    """Set the boolean attribute ``flag`` to False, for the block, on the modules where it is True."""
-    switched = [m for m in modules if getattr(m, flag)]
-    for m in switched:
-        setattr(m, flag, False)
-    try:
-        yield
-    finally:
-        for m in switched:
-            setattr(m, flag, True)
-
-
-def frozen_bn_buffers(module: nn.Module):
+def frozen_bn_buffers(module: nn.Module) -> Iterator[None]:
     """Run BN in train mode (batch statistics) without touching its running buffers.
 
     With ``track_running_stats`` off, a train-mode BN normalises with the batch statistics and
     neither updates nor counts (``num_batches_tracked``) anything: no extra kernels at all."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return _switched_off(norms, "track_running_stats")
-
-
-def inference_convs(module: nn.Module):
-    """Run spconv's convs in eval mode; everything else (BatchNorm included) keeps its mode.
-
-    In eval mode spconv builds a submanifold rule-book without the backward pairs and masks, and
-    calls its forward kernel without an autograd Function: host work a no-grad pass never uses.
-    The features are the same (its bias is added in the kernel instead of after it)."""
-    conv_class = import_spconv().conv.SparseConvolution
-    return _switched_off([m for m in module.modules() if isinstance(m, conv_class)], "training")
-
-
-@contextlib.contextmanager
-def teacher_pass(module: nn.Module) -> Iterator[None]:
-    """The teacher's forward: batch-statistics BN that writes no buffer, convs without backward data."""
-    with frozen_bn_buffers(module), inference_convs(module):
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
         yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True

@@ -338,34 +338,3 @@ def test_teacher_encodes_the_complete_voxels(pretrain_cfg, kind):
         torch.testing.assert_close(_by_site(teacher["multi_scale_3d_features"][name]),
                                    _by_site(reference["multi_scale_3d_features"][name]))
     torch.testing.assert_close(_by_site(teacher["encoded_spconv_tensor"]), _by_site(reference["encoded_spconv_tensor"]))
-
-
-@pytest.mark.parametrize("kind", ["identical", "ema"])
-def test_teacher_runs_its_convs_in_eval_mode_and_its_batchnorm_in_train_mode(pretrain_cfg, kind):
-    """The teacher's pass skips spconv's backward rule-book data (eval-mode convs) but still normalises
-    with batch statistics; the student's pass after it trains every conv, and every mode is restored."""
-    from pcdet_rmae_ts.compat import import_spconv
-
-    conv_class = import_spconv().conv.SparseConvolution
-    model = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE=kind, MASKED_RATIO=0.5, MASKING_SEED=0)).train()
-    passes = []  # per encoder pass, in call order: (is a conv, training) of every conv and BN call
-
-    def tagged(encode):
-        def run(*args, **kwargs):
-            passes.append([])
-            return encode(*args, **kwargs)
-        return run
-
-    for encoder in {model, getattr(model, "teacher", model)}:
-        encoder.encode = tagged(encoder.encode)
-    watched = [m for m in model.modules() if isinstance(m, (conv_class, nn.BatchNorm1d))]
-    hooks = [m.register_forward_pre_hook(lambda m, _: passes[-1].append((isinstance(m, conv_class), m.training)))
-             for m in watched]
-    model(batch_dict(seed=4))
-    for hook in hooks:
-        hook.remove()
-    teacher, student = passes  # the teacher runs first
-    assert {training for is_conv, training in teacher if is_conv} == {False}
-    assert {training for is_conv, training in teacher if not is_conv} == {True}
-    assert {training for _, training in student} == {True}
-    assert all(m.training for m in watched)

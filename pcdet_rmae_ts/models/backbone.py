@@ -33,7 +33,7 @@ from ..occupancy import (
     occupancy_targets,
 )
 from ..sparse_align import match_sites
-from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, teacher_pass
+from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
 from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
 
 logger = logging.getLogger(__name__)
@@ -216,11 +216,11 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         """Multi-scale features of the complete voxels (x_conv1..x_conv4, BEV), never the student's tensors."""
         if self.teacher_cfg.kind == "ema":
             encoder, projector = self.teacher, self.teacher_projector
-            with teacher_pass(encoder):
+            with frozen_bn_buffers(encoder):
                 out = encoder.encode(features, coords, batch_size)
         else:
             encoder, projector = self, self.student_projector
-            with teacher_pass(self):
+            with frozen_bn_buffers(self):
                 out = self.encode(features, coords, batch_size)
         out["projected_bev"] = projector(out["encoded_spconv_tensor"].features)
         return without_indice_tables(out)
