@@ -145,6 +145,9 @@ MUTANTS: Tuple[Mutant, ...] = (
     Mutant("per-scene mean divides by all scenes, weightless ones too", f"{PKG}/losses/common.py",
            "return (scene * valid).sum() / valid.sum()", "return (scene * valid).sum() / batch_size",
            ("tests/test_losses.py",), "a batch with an empty scene would shrink the MLFR and contrast losses"),
+    Mutant("MLFR sorts x_conv4 instead of summing its stacked rows", f"{PKG}/losses/mlfr.py",
+           'STACKED_SCALES = ("x_conv4",)', "STACKED_SCALES = ()", ("tests/test_losses.py",),
+           "conv4/conv5/conv6 rows at one site would be separate targets, not their sum"),
     # ---------------------------------------------------------------- OpenPCDet launcher
     Mutant("NumPy scalars not allowed in OpenPCDet's checkpoint loads", f"{PKG}/integration/pcdet.py",
            "    add_safe_globals(allowed)\n", "", ("tests/test_integration_launcher.py",),
