@@ -371,11 +371,10 @@ def main() -> None:
     done = results.done()
     planned = plan_runs(args.arms, args.fractions, args.seeds, args.seeds_at_full, args.lr_rules)
     todo = [r for r in planned if (r.arm, r.lr, float(r.label_fraction), r.seed) not in done]
-    # --pretrain_only: every asked-for arm's encoder, even where its runs are all done (a new machine)
-    arms = [a for a in PRETRAIN_ARMS if any(r.pretraining == a for r in (planned if args.pretrain_only else todo))]
-    fractions = [] if args.pretrain_only else args.fractions  # infos need OpenPCDet
-    if args.pretrain_only:
-        todo = []
+    encoded, fractions = todo, args.fractions  # the runs whose encoders to pretrain; the fractions to prepare
+    if args.pretrain_only:  # every asked-for arm's encoder, even where its runs are all done (a new machine);
+        encoded, todo, fractions = planned, [], []  # no fine-tune, and no infos, which need OpenPCDet
+    arms = [a for a in PRETRAIN_ARMS if any(r.pretraining == a for r in encoded)]
     ports = iter(range(29500 + (os.getpid() % 100) * 50, 1 << 16))
     port_lock = threading.Lock()
 
