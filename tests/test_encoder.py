@@ -102,12 +102,12 @@ def test_rejects_mismatched_deep_channels():
 def test_only_x_conv4_can_hold_a_site_twice(golden):
     """MLFR sorts the sites of every scale but x_conv4 instead of coalescing them (no host sync):
     right only while each of those scales is one sparse conv's output, one row per site."""
-    from pcdet_rmae_ts.losses.common import scale_tensor
+    from pcdet_rmae_ts.losses.common import SCALE_NAMES, scale_tensor
     from pcdet_rmae_ts.losses.mlfr import STACKED_SCALES
     from pcdet_rmae_ts.sparse_align import site_keys
 
     out = _run_golden(golden, threads=1)
-    for scale in ("x_conv1", "x_conv2", "x_conv3", "x_conv4", "bev"):
+    for scale in SCALE_NAMES:
         tensor = scale_tensor(out, scale)
         keys = site_keys(tensor.indices, tensor.spatial_shape)
         repeated = keys.numel() - torch.unique(keys).numel()
