@@ -80,13 +80,23 @@ class ProxyCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# what torch's sync debug mode warns at a synchronising call (c10::cuda::warn_or_error_on_sync); matching
+# only "synchronizing" would also count set_sync_debug_mode's own "prototype feature ... does not yet detect
+# all synchronizing operations" warning as a sync (the H200's 12th "sync", torch/cuda/__init__.py:1270)
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def is_sync_warning(message) -> bool:
+    return SYNC_WARNING in str(message)
+
+
 def count_cuda(step) -> Counter[str]:
     """Exact: every synchronising call during ``step()`` warns once; the warning is traced to its site."""
     sites: Counter[str] = collections.Counter()
     original = warnings.showwarning
 
     def record(message, category, filename, lineno, file=None, line=None):
-        if "synchronizing" in str(message):
+        if is_sync_warning(message):
             sites[_where()] += 1
         else:
             original(message, category, filename, lineno, file, line)

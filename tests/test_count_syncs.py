@@ -20,3 +20,26 @@ def test_proxy_counts_nonzero_unique_and_item_at_their_package_lines(bench_modul
                and s.endswith(" _unique2") for s in sites)
     assert sum(n for s, n in sites.items() if s.endswith("_local_scalar_dense")) == 1
     assert {count_syncs._area(s) for s in sites} >= {"pcdet_rmae_ts", "torch"}
+
+
+def test_cuda_count_takes_sync_warnings_only(bench_module, monkeypatch):
+    """torch's sync debug mode warns "prototype feature ... synchronizing operations" when it is switched on;
+    that is not a sync (the H200 count once had it as a 12th, at torch/cuda/__init__.py)."""
+    import warnings
+
+    count_syncs = bench_module("count_syncs")
+
+    def set_mode(mode):
+        warnings.warn("Synchronization debug mode is a prototype feature and does not yet detect all "
+                      "synchronizing operations", stacklevel=2)
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_mode)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    def step():
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=2)
+        warnings.warn("some other warning", stacklevel=2)
+
+    with warnings.catch_warnings(record=True):
+        sites = count_syncs.count_cuda(step)
+    assert sum(sites.values()) == 1
