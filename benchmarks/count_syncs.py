@@ -82,7 +82,8 @@ class ProxyCounter(TorchDispatchMode):
 
 # what torch's sync debug mode warns at a synchronising call (c10::cuda::warn_or_error_on_sync); matching
 # only "synchronizing" would also count set_sync_debug_mode's own "prototype feature ... does not yet detect
-# all synchronizing operations" warning as a sync (the H200's 12th "sync", torch/cuda/__init__.py:1270)
+# all synchronizing operations" warning (once per process, so in a run's first row) as a sync at
+# torch/cuda/__init__.py
 SYNC_WARNING = "called a synchronizing CUDA operation"
 
 
