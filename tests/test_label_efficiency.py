@@ -194,6 +194,12 @@ def test_driver_runs_the_plan_in_parallel_waits_for_encoders_and_resumes(tmp_pat
     assert len(_drive(tmp_path, monkeypatch, fake)) == 9 and len(fake.calls) == calls  # all done: nothing runs
 
 
+def test_records_say_which_commit_and_whether_the_tree_differed_from_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "git_commit", lambda: ("0123abc", True))
+    records = _drive(tmp_path, monkeypatch, FakeCommands(tmp_path))
+    assert records and all(r["commit"] == "0123abc" and r["dirty"] is True for r in records)
+
+
 def test_driver_starts_nothing_on_the_gpu_once_its_budget_is_spent(tmp_path, monkeypatch):
     fake = FakeCommands(tmp_path)
     assert _drive(tmp_path, monkeypatch, fake, "--budget_s", "-1") == []

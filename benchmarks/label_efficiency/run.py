@@ -42,6 +42,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results_file import git_commit  # noqa: E402
+
 FT_CFG = "cfgs/custom_models/rmae_cmae_isarc_4class_finetune_phase1.yaml"
 PRETRAIN_ARMS = {  # arm -> (pretraining config, extra --set pairs)
     "rmae": ("cfgs/custom_models/rmae_cmae_isarc_4class_pretraining_phase1.yaml", []),
@@ -363,7 +366,8 @@ def main() -> None:
     import torch
 
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # dirty: tracked files differ from the commit (a device's copy of .git can lag the files it came with)
+    commit, dirty = git_commit()
     splits = prepare_pool(args, work)
     frames = {f: len(splits[f"train_{f:g}"]) for f in args.fractions}
     timings_file = work / "pretrain_times.json"
@@ -397,7 +401,7 @@ def main() -> None:
         data = folders[run.label_fraction].result()
         record = finetune(run, data, frames[run.label_fraction], encoder, args, work, pcdet_root, job_env(),
                           min(args.fractions))
-        record.update(pretrain_s=timings.get(run.pretraining), card=card, commit=commit, plan=plan)
+        record.update(pretrain_s=timings.get(run.pretraining), card=card, commit=commit, dirty=dirty, plan=plan)
         results.add(record)
         print(f"{run.name}: mAP_3D {record['mAP_3D']:.2f} mAP_BEV {record['mAP_BEV']:.2f} "
               f"({record['finetune_s']:.0f} s, {time.time() - started:.0f} s in)", flush=True)
