@@ -332,6 +332,7 @@ def test_report_curves_average_each_step_over_the_seeds_that_have_one():
     assert "| rmae | uniform | 10% | 1 | 5.00 | 3.00 |" in table
     assert table.index("| scratch") < table.index("| rmae")
     assert report.curves_markdown(records[3:]) == "no record holds a training-loss curve"
+    assert report.curve_window(records) == 50 and report.curve_window(records[3:]) is None
 
 
 def test_report_range_bands_in_distance_order_mean_over_seeds():

@@ -15,7 +15,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 Cell = Tuple[str, str, float]  # arm, lr, label fraction
 
@@ -202,6 +202,12 @@ def curves(records: Sequence[dict]) -> Dict[Cell, Dict[int, List[float]]]:
     return out
 
 
+def curve_window(records: Sequence[dict]) -> Optional[int]:
+    """Steps per curve point: a curve's first point ends the first window (the driver's ``CURVE_WINDOW``)."""
+    firsts = [int(r["loss_curve"][0][0]) for r in records if r.get("loss_curve")]
+    return min(firsts) if firsts else None
+
+
 def curves_markdown(records: Sequence[dict], every: int = 100) -> str:
     """Fine-tuning loss (the mean over each window of steps, then over seeds) every ``every`` steps:
     does a pretrained encoder fit the labelled frames faster than scratch?"""
@@ -279,7 +285,7 @@ def main() -> None:
     print("\nCost\n")
     print(cost_markdown(records))
     print(score_check(records))
-    print("\nFine-tuning loss (mean over 25-step windows and seeds)\n")
+    print(f"\nFine-tuning loss (mean over {curve_window(records)}-step windows and seeds)\n")
     print(curves_markdown(records))
     if args.plot:
         plot(records, Path(args.plot))
