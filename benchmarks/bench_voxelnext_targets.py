@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain import Timer  # noqa: E402
+from openpcdet_log import train_lines  # noqa: E402
 from results_file import add_out_argument, append_run, card_name  # noqa: E402
 
 from pcdet_rmae_ts.integration.pcdet import STOCK_TARGETS_ENV, install_batched_voxelnext_targets  # noqa: E402
@@ -95,9 +95,6 @@ def bench_assign_targets(sizes, repeats: int) -> list:
     return rows
 
 
-FORWARD = re.compile(r"Train:\s+(\d+)/\d+.*?Forward time: ([0-9.]+)\(")
-
-
 def bench_finetune(data: str, epochs: int, batch_size: int, log_dir: Path) -> list:
     rows = []
     for name, env in (("stock loop", {STOCK_TARGETS_ENV: "1"}), ("batched", {})):
@@ -113,7 +110,7 @@ def bench_finetune(data: str, epochs: int, batch_size: int, log_dir: Path) -> li
         if status:
             raise SystemExit(f"dist_train.sh failed ({name}); log: {log}")
         # OpenPCDet logs "Train: epoch/total ... Forward time: current(mean)"; epoch 1 holds spconv's tuning
-        steps = [float(t) for e, t in FORWARD.findall(log.read_text().replace("\r", "\n")) if int(e) > 1]
+        steps = [line.forward_s for line in train_lines(log.read_text()) if line.epoch > 1]
         rows.append(dict(targets=name, iterations=len(steps), forward_s=round(sum(steps) / max(len(steps), 1), 3),
                          wall_s=round(time.time() - start, 1)))
     base = rows[0]["forward_s"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from openpcdet_log import train_lines  # noqa: E402
 from results_file import git_commit  # noqa: E402
 
 FT_CFG = "cfgs/custom_models/rmae_cmae_isarc_4class_finetune_phase1.yaml"
@@ -224,7 +224,6 @@ def read_result(folder: Path) -> dict:
     return json.loads(found[-1].read_text())
 
 
-TRAIN_LINE = re.compile(r"Loss: ([0-9.]+) .*Acc_iter +([0-9]+) .*Forward time: ([0-9.]+)")
 CURVE_WINDOW = 25  # optimiser steps per point of a record's training-loss curve
 LOG_EVERY = 5  # OpenPCDet's --logger_iter_interval for the fine-tunes
 
@@ -235,7 +234,7 @@ def train_log_figures(log_text: str) -> dict:
     curve, one ``[last step, mean loss]`` per window of ``CURVE_WINDOW`` steps (single-batch losses are
     noisy; the logged running mean resets every epoch)."""
     attempt = log_text.rsplit("scripts/dist_train.sh", 1)[-1]
-    steps = [(int(m.group(2)), float(m.group(1)), float(m.group(3))) for m in TRAIN_LINE.finditer(attempt)]
+    steps = [(line.step, line.loss, line.forward_s) for line in train_lines(attempt)]
     if not steps:
         return {}
     windows: Dict[int, List[float]] = {}
