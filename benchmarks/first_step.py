@@ -174,18 +174,17 @@ def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object,
     forward ops, and the backward ops, which autograd runs. Each is looked up at call time by its caller."""
     conv = importlib.import_module("spconv.pytorch.conv")
     encoder = importlib.import_module("pcdet_rmae_ts.models.encoder").VoxelNeXtEncoder
-    backbone = next((m for m in model.modules() if hasattr(m, "masker")), None)  # a pretraining backbone
-    has = backbone is not None
-    return {"forward": [(type(model), "forward")],
-            "teacher": [(type(backbone), "_teacher_forward")] if has else [],
-            "encode": [(encoder, "encode")], "masking": [(type(backbone.masker), "__call__")] if has else [],
-            "decoder": [(type(backbone.occupancy_decoder), "forward")] if has else [],
-            "loss": [(type(backbone), "get_loss")] if has else [],
-            "ts_loss": [(type(backbone), "_teacher_student_loss")] if has else [],
-            "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
-            "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
-            "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
-            "forward_ops": conv_targets(FORWARD_OPS), "backward_ops": conv_targets(BACKWARD_OPS)}
+    targets = {"forward": [(type(model), "forward")], "encode": [(encoder, "encode")],
+               "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
+               "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
+               "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
+               "forward_ops": conv_targets(FORWARD_OPS), "backward_ops": conv_targets(BACKWARD_OPS)}
+    backbone = next((m for m in model.modules() if hasattr(m, "masker")), None)
+    if backbone is not None:  # a pretraining backbone: its own parts (the plain encoder has none of them)
+        targets.update(teacher=[(type(backbone), "_teacher_forward")], masking=[(type(backbone.masker), "__call__")],
+                       decoder=[(type(backbone.occupancy_decoder), "forward")],
+                       loss=[(type(backbone), "get_loss")], ts_loss=[(type(backbone), "_teacher_student_loss")])
+    return targets
 
 
 # the parts of a step, as host_table lists them; "rest" is the step less the top-level parts
