@@ -317,6 +317,7 @@ def test_train_log_figures_read_the_last_attempt_in_windows_of_steps():
     assert figures["first_iteration_s"] == 120.5
     assert figures["loss_curve"] == [[25, 8.0], [50, 4.0]]
     assert run.train_log_figures("no training lines") == {}
+    assert run.train_log_figures(line(5, 8.0, 0.7))["first_iteration_s"] is None  # step 1 not logged
 
 
 def test_report_curves_average_each_step_over_the_seeds_that_have_one():

@@ -234,14 +234,14 @@ def train_log_figures(log_text: str) -> dict:
     curve, one ``[last step, mean loss]`` per window of ``CURVE_WINDOW`` steps (single-batch losses are
     noisy; the logged running mean resets every epoch)."""
     attempt = log_text.rsplit("scripts/dist_train.sh", 1)[-1]
-    steps = [(line.step, line.loss, line.forward_s) for line in train_lines(attempt)]
-    if not steps:
+    lines = train_lines(attempt)
+    if not lines:
         return {}
     windows: Dict[int, List[float]] = {}
-    for step, loss, _ in steps:
-        windows.setdefault(-(-step // CURVE_WINDOW) * CURVE_WINDOW, []).append(loss)
+    for line in lines:
+        windows.setdefault(-(-line.step // CURVE_WINDOW) * CURVE_WINDOW, []).append(line.loss)
     curve = [[end, round(sum(v) / len(v), 4)] for end, v in sorted(windows.items())]
-    first = [seconds for step, _, seconds in steps if step == 1]
+    first = [line.forward_s for line in lines if line.step == 1]
     return {"first_iteration_s": first[0] if first else None, "loss_curve": curve}
 
 
