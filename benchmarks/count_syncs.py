@@ -87,17 +87,13 @@ class ProxyCounter(TorchDispatchMode):
 SYNC_WARNING = "called a synchronizing CUDA operation"
 
 
-def is_sync_warning(message) -> bool:
-    return SYNC_WARNING in str(message)
-
-
 def count_cuda(step) -> Counter[str]:
     """Exact: every synchronising call during ``step()`` warns once; the warning is traced to its site."""
     sites: Counter[str] = collections.Counter()
     original = warnings.showwarning
 
     def record(message, category, filename, lineno, file=None, line=None):
-        if is_sync_warning(message):
+        if SYNC_WARNING in str(message):
             sites[_where()] += 1
         else:
             original(message, category, filename, lineno, file, line)
