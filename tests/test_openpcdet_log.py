@@ -2,7 +2,8 @@
 first iteration) and the targets benchmark (step times after epoch 1)."""
 from __future__ import annotations
 
-# two lines of a real fine-tune log (H200, 2026-12-03), the first behind tqdm's progress text
+# two lines of a real fine-tune log (H200, 2026-12-03), the first behind tqdm's progress text as it was there;
+# here they are joined by a carriage return, as tqdm's output can join them
 REAL = ("train:   0%|          | 0/5 [00:00<?, ?it/s]\x1b[A2026-12-03 05:29:46,630   INFO  Train:   80/80 (100%) "
         "[   0/5 (  0%)]  Loss: 3.769 (3.77)  LR: 3.242e-06  Time cost: 00:00/00:01 [04:56/00:01]  Acc_iter 396"
         "         Data time: 0.00(0.00)  Forward time: 0.11(0.11)  Batch time: 0.11(0.11)\r"
