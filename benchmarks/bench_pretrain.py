@@ -206,7 +206,20 @@ class Timer:
             torch.cuda.synchronize()
 
 
-def bench_row(row: str, batches: list, dataset, device, amp: bool, warmup: int, steps: int) -> dict:
+def device_busy_ms(step: Callable[[int], object], first: int, steps: int) -> float:
+    """Kernel time per step (torch.profiler, CUDA activity only) over ``steps`` calls of ``step(first + i)``:
+    the device's own work, the floor that cutting host work can reach (the step runs on one stream)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(first + i)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps
+
+
+def bench_row(row: str, batches: list, dataset, device, amp: bool, warmup: int, steps: int,
+              device_steps: int = 0) -> dict:
     cfg = row_config(row)
     if cfg is None:
         return {"row": row, "skipped": "pcdet_rmae_ts/losses.py or the phase2 config does not exist"}
@@ -216,7 +229,8 @@ def bench_row(row: str, batches: list, dataset, device, amp: bool, warmup: int, 
         base_mem = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(row, cfg, dataset).to(device).train()
-    trainer = make_trainer(model, cfg, batches, device, amp, epochs=-(-(warmup + steps) // len(batches)))
+    trainer = make_trainer(model, cfg, batches, device, amp,
+                           epochs=-(-(warmup + steps + device_steps) // len(batches)))
     state = TrainState()
     losses = []
 
@@ -234,6 +248,8 @@ def bench_row(row: str, batches: list, dataset, device, amp: bool, warmup: int, 
     if device.type == "cuda":
         result["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - base_mem) / 2**20
         result["peak_mem_abs_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if device_steps and device.type == "cuda":
+        result["device_ms"] = device_busy_ms(step, warmup + steps, device_steps)
     if row != "baseline":
         mask = model.backbone_3d.forward_ret_dict.get("mask")
         result["student_voxel_fraction"] = float(mask.keep.float().mean()) if mask is not None else None
@@ -343,7 +359,7 @@ def loss_curves(device, steps: int, data_root: Path, workers: int) -> dict:
 # ----------------------------------------------------------------------------- report
 def table(rows: list) -> str:
     lines = [f"{'batch':>5} {'prec':>5} {'row':<12}{'median ms':>10}{'frames/s':>10}{'x row1':>8}"
-             f"{'peak MB':>10}{'mem x1':>8}{'student':>8}"]
+             f"{'peak MB':>10}{'mem x1':>8}{'student':>8}{'device ms':>10}{'dev x1':>8}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['batch']:>5} {r['precision']:>5} {r['row']:<12} skipped: {r['skipped']}")
@@ -352,7 +368,8 @@ def table(rows: list) -> str:
         frac = r.get("student_voxel_fraction")
         lines.append(f"{r['batch']:>5} {r['precision']:>5} {r['row']:<12}{r['median_ms']:>10.1f}"
                      f"{r['frames_per_s']:>10.1f}{r['time_ratio']:>8.2f}{mem}"
-                     f"{(f'{frac:.2f}' if frac is not None else '-'):>8}")
+                     f"{(f'{frac:.2f}' if frac is not None else '-'):>8}"
+                     + (f"{r['device_ms']:>10.1f}{r['device_ratio']:>8.2f}" if "device_ms" in r else ""))
     return "\n".join(lines)
 
 
@@ -363,6 +380,8 @@ def add_ratios(rows: list) -> None:
         if "skipped" in r or b is None:
             continue
         r["time_ratio"] = r["median_ms"] / b["median_ms"]
+        if "device_ms" in r:  # this row's kernel time against the baseline's whole step: its floor
+            r["device_ratio"] = r["device_ms"] / b["median_ms"]
         if "peak_mem_mb" in r:
             r["mem_ratio"] = r["peak_mem_mb"] / b["peak_mem_mb"]
 
@@ -392,6 +411,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="worker counts of the loader benchmark (0: skip)")
     parser.add_argument("--loader-batch", type=int, default=None, help="default 8 (quick: 2)")
     parser.add_argument("--curves", type=int, default=0, help="fp32-vs-AMP demo loss curves over N steps")
+    parser.add_argument("--device-steps", type=int, default=0,
+                        help="after each row's timing, sum its kernel time over N more steps (torch.profiler; "
+                             "CUDA only): the 'device ms' column, and 'dev x1' = it / the baseline's step")
     parser.add_argument("--profile", default=None, help="write a torch.profiler table of 'ema' (largest batch) here; "
                         "a folder: pretrain_<card>_ema_b<batch>_<precision>_<date>.txt in it "
                         "(the repository's: benchmarks/results/profiles/)")
@@ -439,7 +461,8 @@ def main(argv=None) -> dict:
         for prec in args.precisions:
             for row in args.rows:
                 try:
-                    r = bench_row(row, batches, dataset, device, prec == "amp", args.warmup, args.steps)
+                    r = bench_row(row, batches, dataset, device, prec == "amp", args.warmup, args.steps,
+                                  args.device_steps)
                 except Exception as err:  # a row under development must not cost the others
                     _LOG.exception("row %s failed", row)
                     r = {"row": row, "skipped": f"failed: {type(err).__name__}: {err}"}

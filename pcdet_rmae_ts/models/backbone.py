@@ -35,6 +35,7 @@ from ..occupancy import (
 from ..sparse_align import match_sites
 from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
 from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
+from .sparse_inference import inference_convs
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +217,10 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
         """Multi-scale features of the complete voxels (x_conv1..x_conv4, BEV), never the student's tensors."""
         if self.teacher_cfg.kind == "ema":
             encoder, projector = self.teacher, self.teacher_projector
-            with frozen_bn_buffers(encoder):
-                out = encoder.encode(features, coords, batch_size)
         else:
             encoder, projector = self, self.student_projector
-            with frozen_bn_buffers(self):
-                out = self.encode(features, coords, batch_size)
+        with frozen_bn_buffers(encoder), inference_convs(encoder):
+            out = encoder.encode(features, coords, batch_size)
         out["projected_bev"] = projector(out["encoded_spconv_tensor"].features)
         return without_indice_tables(out)
 

@@ -1,0 +1,87 @@
+"""The teacher's no-grad pass takes spconv's inference path (models/sparse_inference.py): same features
+as the training path, only for the teacher's convs, and the modules are left as they were."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pcdet_rmae_ts.models.encoder import VoxelNeXtEncoder
+from pcdet_rmae_ts.models.sparse_inference import SparseConvolution, inference_convs
+
+GRID = [160, 160, 24]  # x, y, z
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="spconv's implicit-GEMM path needs a CUDA device"))
+
+
+def random_voxels(seed: int, device: str, batch: int = 2, n: int = 4000):
+    gen = torch.Generator().manual_seed(seed)
+    sites = torch.stack([torch.randint(0, batch, (n,), generator=gen)]
+                        + [torch.randint(0, s, (n,), generator=gen) for s in (GRID[2], GRID[1], GRID[0])], 1)
+    sites = torch.unique(sites, dim=0).int()
+    return torch.randn(sites.shape[0], 4, generator=gen).to(device), sites.to(device)
+
+
+def encoder(device: str) -> VoxelNeXtEncoder:
+    torch.manual_seed(0)
+    model = VoxelNeXtEncoder(4, GRID).to(device).train()
+    with torch.no_grad():  # biases away from their zero init, so that a dropped bias shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return model
+
+
+def encode(model, features, coords, inference: bool, amp: bool = False) -> dict:
+    with torch.no_grad(), torch.autocast("cuda", enabled=amp):
+        if not inference:
+            return model.encode(features, coords, 2)
+        with inference_convs(model):
+            return model.encode(features, coords, 2)
+
+
+def outputs(out: dict) -> dict:
+    tensors = dict(out["multi_scale_3d_features"], bev=out["encoded_spconv_tensor"])
+    return {name: (t.indices, t.features) for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inference_path_gives_the_training_path_features(device, seed):
+    model = encoder(device)
+    features, coords = random_voxels(seed, device)
+    reference = outputs(encode(model, features, coords, inference=False))
+    got = outputs(encode(model, features, coords, inference=True))
+    for name, (indices, feats) in reference.items():
+        assert torch.equal(got[name][0], indices), name
+        torch.testing.assert_close(got[name][1], feats, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast's float16 convs need a CUDA device")
+def test_inference_path_under_autocast_runs_float16_like_the_training_path():
+    model = encoder("cuda")
+    features, coords = random_voxels(0, "cuda")
+    reference = encode(model, features, coords, inference=False, amp=True)
+    got = encode(model, features, coords, inference=True, amp=True)
+    for name, (indices, feats) in outputs(reference).items():
+        t_indices, t_feats = outputs(got)[name]
+        assert t_feats.dtype == feats.dtype == torch.float16, name
+        assert torch.equal(t_indices, indices), name
+        # the bias is added in the kernel (one rounding) instead of after it (two)
+        torch.testing.assert_close(t_feats.float(), feats.float(), rtol=2e-2, atol=2e-2, msg=name)
+    # the inference path builds a submanifold rule-book without its backward pairs
+    res1 = got["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"]
+    assert res1.pair_bwd.numel() == 0
+    assert reference["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"].pair_bwd.numel() > 0
+
+
+def test_modules_are_restored_when_the_pass_fails():
+    model = encoder("cpu")
+    with pytest.raises(RuntimeError, match="boom"):
+        with inference_convs(model):
+            raise RuntimeError("boom")
+    convs = [m for m in model.modules() if isinstance(m, SparseConvolution)]
+    assert convs and all(m.training and "forward" not in vars(m) for m in convs)
+    with inference_convs(model.eval()):  # convs already in eval mode are not touched, nor switched back
+        pass
+    assert not any(m.training for m in convs)
