@@ -70,6 +70,7 @@ FORWARD_OPS = ("implicit_gemm", "indice_conv")  # spconv's GPU and CPU conv ops
 BACKWARD_OPS = ("implicit_gemm_backward", "indice_conv_backward")
 CONV_OPS = FORWARD_OPS + BACKWARD_OPS
 RULEBOOK_OPS = ("get_indice_pairs_implicit_gemm", "get_indice_pairs")
+PART_RANGE = "first_step:"  # prefix of the profiler ranges that mark the parts of a step
 
 
 class RowSpec(NamedTuple):
@@ -119,26 +120,42 @@ def _timed(fn: Callable, name: str, tally: Tally, sync: Callable[[], None]) -> C
     return wrapper
 
 
+def _ranged(fn: Callable, part: str) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.profiler.record_function(PART_RANGE + part):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 @contextlib.contextmanager
-def timed_calls(targets: Sequence[Tuple[object, str]], tally: Tally,
-                sync: Callable[[], None] = lambda: None) -> Iterator[Tally]:
-    """Count and time calls of ``owner.name`` for each (owner, name) of ``targets`` (a class, an instance
-    or a module) into ``tally``; the originals are back on exit. A function found on a class is replaced
-    there, so calls through every instance are seen; ``sync`` runs before and after each call (CUDA)."""
+def wrapped_calls(targets: Sequence[Tuple[object, str]], wrap: Callable[[Callable, str], Callable]) -> Iterator[None]:
+    """Replace ``owner.name`` by ``wrap(original, name)`` for each (owner, name) of ``targets`` (a class, an
+    instance or a module); the originals are back on exit. A function found on a class is replaced there,
+    so calls through every instance go through the wrapper."""
     saved = []
     try:
         for owner, name in targets:
             own = name in vars(owner)  # else found through the class: remove ours on exit
             original = vars(owner)[name] if own else getattr(owner, name)
             saved.append((owner, name, own, original))
-            setattr(owner, name, _timed(original, name, tally, sync))
-        yield tally
+            setattr(owner, name, wrap(original, name))
+        yield
     finally:
         for owner, name, own, original in reversed(saved):
             if own:
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)
+
+
+@contextlib.contextmanager
+def timed_calls(targets: Sequence[Tuple[object, str]], tally: Tally,
+                sync: Callable[[], None] = lambda: None) -> Iterator[Tally]:
+    """Count and time calls of ``owner.name`` for each (owner, name) of ``targets`` into ``tally``
+    (:func:`wrapped_calls`); ``sync`` runs before and after each call (CUDA)."""
+    with wrapped_calls(targets, lambda fn, name: _timed(fn, name, tally, sync)):
+        yield tally
 
 
 def tune_targets() -> List[Tuple[object, str]]:
@@ -216,6 +233,37 @@ def host_step(step: Callable[[], None], sync: Callable[[], None],
     return {"step_s": seconds, **{name: tally.as_dict() for name, tally in parts.items()}}
 
 
+def device_step(step: Callable[[], None], targets: Dict[str, List[Tuple[object, str]]]) -> Dict[str, float]:
+    """Kernel ms of one ``step()`` on CUDA (torch.profiler): ``total`` (every kernel, copy and fill; the
+    device's own work, the floor a host cut can reach) and, per part of ``targets``, the kernels launched
+    inside its calls. A part's kernels are counted once however its calls nest in other parts."""
+    from torch.profiler import ProfilerActivity, profile
+    with contextlib.ExitStack() as stack:
+        for part, owners in targets.items():
+            stack.enter_context(wrapped_calls(owners, lambda fn, name, part=part: _ranged(fn, part)))
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+    events = prof.events()
+    device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+              and not getattr(e, "is_user_annotation", False) and not e.name.startswith(PART_RANGE)]
+    result = {"total": sum(e.time_range.elapsed_us() for e in device) / 1e3}
+    for part in targets:
+        ranges = [e for e in events if e.name == PART_RANGE + part and e.device_type == torch.autograd.DeviceType.CPU]
+        outermost = [e for e in ranges if not _inside(e, PART_RANGE + part)]
+        result[part] = sum(e.device_time_total for e in outermost) / 1e3
+    return result
+
+
+def _inside(event, name: str) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 # ----------------------------------------------------------------------------- one row (child process)
 def stage(args: argparse.Namespace, device: torch.device):
     """(dataset, batches on ``device``, grid facts): bench_pretrain's dense frames and grid."""
@@ -266,6 +314,8 @@ def measure(row: str, args: argparse.Namespace) -> dict:
         steady = timer(lambda i: step(2 + args.warmup + i), 0, args.steps)
         host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync,
                          host_targets(model, trainer.scaler))
+        device_ms = (device_step(lambda: step(3 + args.warmup + args.steps), host_targets(model, trainer.scaler))
+                     if device.type == "cuda" else None)
     constants = importlib.import_module("spconv.constants")
     kind = tuner_kind(device)
     blind = kind == "c++"  # the C++ tuner never calls the Python methods
@@ -277,7 +327,7 @@ def measure(row: str, args: argparse.Namespace) -> dict:
             "tune_s": None if blind else first_tune["seconds"], "tune_by_name": first_tune["by_name"],
             "tune_calls_after_first": tune.calls - first_tune["calls"],
             "conv_first": conv_first.as_dict(), "conv_warm": conv_warm.as_dict(),
-            "rules_warm": rules_warm.as_dict(), "host": host, "grid": grid}
+            "rules_warm": rules_warm.as_dict(), "host": host, "device_ms": device_ms, "grid": grid}
 
 
 def child_main(row: str, args: argparse.Namespace) -> None:
@@ -342,17 +392,32 @@ def host_parts(host: dict) -> Dict[str, Tuple[float, Optional[int]]]:
     return parts
 
 
+def device_parts(device_ms: Dict[str, float]) -> Dict[str, Tuple[float, None]]:
+    """(ms, None) per part of one profiled step's kernels (:func:`device_step`), shaped like
+    :func:`host_parts`; "rest" is every kernel outside the top-level parts: the backward's, which
+    autograd launches from its own thread, and the trainer's own."""
+    parts = {"step": (device_ms["total"], None)}
+    parts.update({k: (v, None) for k, v in device_ms.items() if k != "total"})
+    parts["rest"] = (device_ms["total"] - sum(parts[k][0] for k in TOP_LEVEL_PARTS if k in parts), None)
+    return parts
+
+
 def host_table(rows: List[dict]) -> str:
-    """Host ms of one steady step per part (lines) and row (columns), calls per step in brackets;
-    indented parts lie inside the part above them."""
+    """Host ms of one steady step per part (lines) and row (columns), calls per step in brackets, and
+    beside it, where measured, the device's kernel ms of another step; indented parts lie inside the
+    part above them."""
     rows = [r for r in rows if "host" in r]
     if not rows:
         return "no row has a host time (every row was skipped)"
-    parts = [host_parts(r["host"]) for r in rows]
-    lines = [f"{'part':<38}" + "".join(f"{r['row']:>16}" for r in rows)]
+    columns = []
+    for r in rows:
+        columns.append((r["row"], host_parts(r["host"])))
+        if r.get("device_ms"):
+            columns.append((f"{r['row']} device", device_parts(r["device_ms"])))
+    lines = [f"{'part':<38}" + "".join(f"{name:>16}" for name, _ in columns)]
     for key, label in HOST_PARTS:
         cells = []
-        for p in parts:
+        for _, p in columns:
             ms, calls = p.get(key, (None, None))
             cell = "-" if ms is None else f"{ms:.1f}" + ("" if calls is None else f" ({calls})")
             cells.append(f"{cell:>16}")
@@ -430,7 +495,7 @@ def main(argv=None) -> dict:
     print(f"{card}, {args.model} step, batch {args.batch_size}, {'small' if args.small else 'full'} grid "
           f"{results['grid']}")
     print(table(results["rows"]))  # the tables are this tool's output
-    print("host time of one steady step, no sync added: ms (calls)")
+    print("host time of one steady step, no sync added: ms (calls); 'device': kernel ms of one more step")
     print(host_table(results["rows"]))
     append_run(args.out, "first_step", card, results, label=args.label, run_id=run_id)
     return results

@@ -29,15 +29,6 @@ def coalesce_sites(indices: torch.Tensor, features: torch.Tensor,
     return unique, summed
 
 
-def sort_sites(indices: torch.Tensor, features: torch.Tensor,
-               spatial_shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(U,) sorted keys, (U, 1 + D) indices and (U, C) features of a tensor whose sites are unique
-    (one sparse conv's output): :func:`coalesce_sites` without its ``torch.unique``, which waits
-    on the device for the number of sites."""
-    keys, order = torch.sort(site_keys(indices, spatial_shape))
-    return keys, indices[order], features[order]
-
-
 def keys_to_indices(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`site_keys`: (U,) int64 keys -> (U, 1 + D) int32 [b, ...] indices."""
     columns = []

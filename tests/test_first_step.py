@@ -181,3 +181,17 @@ def test_host_parts_rest_is_the_step_less_the_top_level_parts_and_the_table_list
     assert lines[-1].split()[-1] == "15.0"  # the rest
     assert len(lines) == 1 + len(first_step.HOST_PARTS)
     assert first_step.host_table([{"row": "amp", "skipped": "no"}]).startswith("no row has a host time")
+
+
+def test_device_column_sits_beside_its_row_and_its_rest_is_the_kernels_outside_the_top_level_parts(first_step):
+    host = {"step_s": 0.100, "forward": {"seconds": 0.06, "calls": 1, "by_name": {}}}
+    device_ms = {"total": 80.0, "forward": 30.0, "teacher": 12.0, "backward": 0.5, "clip": 1.0,
+                 "optimizer": 3.0, "after_step": 1.5}
+    parts = first_step.device_parts(device_ms)
+    assert parts["step"] == (80.0, None) and parts["teacher"] == (12.0, None)
+    assert parts["rest"][0] == pytest.approx(80 - 30 - 0.5 - 1 - 3 - 1.5)  # the teacher lies inside the forward
+    lines = first_step.host_table([{"row": "amp", "host": host, "device_ms": device_ms},
+                                   {"row": "default", "host": host, "device_ms": None}]).splitlines()
+    assert lines[0].split() == ["part", "amp", "amp", "device", "default"]
+    assert lines[1].split()[-3:] == ["100.0", "80.0", "100.0"]  # whole step: host, device, host
+    assert lines[-1].split()[-2] == "44.0"  # the device's rest

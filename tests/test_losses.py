@@ -154,6 +154,32 @@ def test_mlfr_matches_loop_reference(target_norm, loss_type, kernel, seed):
     assert loss.decoders["x_conv4"].mask_token.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("pred_dtype", [torch.float32, torch.bfloat16])
+def test_mlfr_smooth_l1_keeps_one_float32_tensor_for_backward_and_its_values(pred_dtype):
+    """At batch 8 MLFR's per-site losses held the prediction and the target until the backward pass:
+    hundreds of MB at the Phase 2 step's peak. The difference alone carries the gradient."""
+    from pcdet_rmae_ts.losses.mlfr import site_losses
+
+    gen = torch.Generator().manual_seed(0)
+    pred = (torch.randn(300, 16, generator=gen) * 2).to(pred_dtype).requires_grad_(True)
+    target = torch.randn(300, 16, generator=gen)
+    saved = []
+
+    def pack(t):
+        if t.numel() > 1 and t.stride() != (0, 0):  # a broadcast zero costs nothing
+            saved.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        losses = site_losses(pred, target, "smooth_l1")
+    assert sum(saved) <= 300 * 16 * 4
+    diff = pred.detach().float() - target
+    reference = torch.where(diff.abs() < 1, 0.5 * diff ** 2, diff.abs() - 0.5).mean(1)
+    torch.testing.assert_close(losses, reference)
+    losses.sum().backward()
+    torch.testing.assert_close(pred.grad.float(), (diff.clamp(-1, 1) / 16).to(pred_dtype).float())
+
+
 def test_mlfr_student_only_sites_are_dropped_and_no_shared_site_is_all_masked():
     shape = [4, 4]
     s_idx, s_feat, t_idx, t_feat = views(5, shape, 4, duplicates=False)

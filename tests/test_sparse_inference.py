@@ -7,6 +7,7 @@ import torch
 
 from pcdet_rmae_ts.models.encoder import VoxelNeXtEncoder
 from pcdet_rmae_ts.models.sparse_inference import SparseConvolution, inference_convs
+from pcdet_rmae_ts.sparse_align import site_keys
 
 GRID = [160, 160, 24]  # x, y, z
 
@@ -41,8 +42,15 @@ def encode(model, features, coords, inference: bool, amp: bool = False) -> dict:
 
 
 def outputs(out: dict) -> dict:
+    """(indices, features) of every output in a canonical row order: on CUDA a strided conv's output
+    rows come in a different order from call to call. A stable sort by site keeps x_conv4's stacked
+    conv4/conv5/conv6 rows of one site in stage order."""
     tensors = dict(out["multi_scale_3d_features"], bev=out["encoded_spconv_tensor"])
-    return {name: (t.indices, t.features) for name, t in tensors.items()}
+    result = {}
+    for name, t in tensors.items():
+        order = torch.sort(site_keys(t.indices, t.spatial_shape), stable=True)[1]
+        result[name] = (t.indices[order], t.features[order])
+    return result
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
