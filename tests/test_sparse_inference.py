@@ -65,22 +65,31 @@ def test_inference_path_gives_the_training_path_features(device, seed):
         torch.testing.assert_close(got[name][1], feats, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def relative_error(got: dict, reference: dict) -> dict:
+    """Per output: ||got - reference|| / ||reference|| (features in the canonical row order)."""
+    return {name: float((got[name][1].float() - feats.float()).norm() / feats.float().norm())
+            for name, (_, feats) in reference.items()}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast's float16 convs need a CUDA device")
-def test_inference_path_under_autocast_runs_float16_like_the_training_path():
+def test_inference_path_under_autocast_runs_float16_as_accurately_as_the_training_path():
+    """Against the float32 features, the inference path under autocast errs no more than autocast's
+    training path does (its kernels and its bias rounding differ, so the float16 errors differ)."""
     model = encoder("cuda")
     features, coords = random_voxels(0, "cuda")
-    reference = encode(model, features, coords, inference=False, amp=True)
-    got = encode(model, features, coords, inference=True, amp=True)
-    for name, (indices, feats) in outputs(reference).items():
-        t_indices, t_feats = outputs(got)[name]
-        assert t_feats.dtype == feats.dtype == torch.float16, name
-        assert torch.equal(t_indices, indices), name
-        # the bias is added in the kernel (one rounding) instead of after it (two)
-        torch.testing.assert_close(t_feats.float(), feats.float(), rtol=2e-2, atol=2e-2, msg=name)
+    exact = outputs(encode(model, features, coords, inference=False))
+    training = encode(model, features, coords, inference=False, amp=True)
+    inference = encode(model, features, coords, inference=True, amp=True)
+    for name, (indices, feats) in outputs(inference).items():
+        assert feats.dtype == torch.float16, name
+        assert torch.equal(indices, exact[name][0]), name
+    err_training = relative_error(outputs(training), exact)
+    err_inference = relative_error(outputs(inference), exact)
+    for name in exact:
+        assert err_inference[name] <= 1.5 * err_training[name] + 1e-3, (name, err_inference, err_training)
     # the inference path builds a submanifold rule-book without its backward pairs
-    res1 = got["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"]
-    assert res1.pair_bwd.numel() == 0
-    assert reference["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"].pair_bwd.numel() > 0
+    assert inference["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"].pair_bwd.numel() == 0
+    assert training["multi_scale_3d_features"]["x_conv1"].indice_dict["res1"].pair_bwd.numel() > 0
 
 
 def test_modules_are_restored_when_the_pass_fails():
