@@ -180,6 +180,34 @@ def test_mlfr_smooth_l1_keeps_one_float32_tensor_for_backward_and_its_values(pre
     torch.testing.assert_close(pred.grad.float(), (diff.clamp(-1, 1) / 16).to(pred_dtype).float())
 
 
+def test_mlfr_decoder_head_is_recomputed_in_backward_with_the_same_gradients():
+    """The head (LayerNorm-ReLU-Linear) keeps only its (M, C) input for the backward pass, not three
+    (M, C) tensors, and its outputs and gradients are those of the plain head."""
+    from pcdet_rmae_ts.losses.mlfr import ScaleDecoder
+
+    torch.manual_seed(0)
+    decoder = ScaleDecoder(16, 2, kernel=1)
+    features = torch.randn(400, 16, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = decoder(features, None, [8, 8], 1)
+    assert sum(saved) <= 400 * 16 * 4
+    (out * torch.linspace(-1, 1, 16)).sum().backward()
+    grads = [features.grad.clone()] + [p.grad.clone() for p in decoder.head.parameters()]
+    features.grad = None
+    decoder.zero_grad()
+    plain = decoder.head(features)
+    torch.testing.assert_close(plain, out)
+    (plain * torch.linspace(-1, 1, 16)).sum().backward()
+    for got, want in zip(grads, [features.grad] + [p.grad for p in decoder.head.parameters()]):
+        torch.testing.assert_close(got, want)
+
+
 def test_mlfr_student_only_sites_are_dropped_and_no_shared_site_is_all_masked():
     shape = [4, 4]
     s_idx, s_feat, t_idx, t_feat = views(5, shape, 4, duplicates=False)

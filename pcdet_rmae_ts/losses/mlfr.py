@@ -12,6 +12,7 @@ from typing import Mapping, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..compat import apply_spconv_cpu_fixes, import_spconv
 from ..sparse_align import coalesce_sites, keys_to_indices, lookup_keys, site_keys
@@ -80,7 +81,12 @@ class ScaleDecoder(nn.Module):
         if self.conv is not None:
             x = spconv.SparseConvTensor(features, indices, list(spatial_shape), batch_size)
             features = self.conv(x).features
-        return self.head(features)
+        if not torch.is_grad_enabled():
+            return self.head(features)
+        # Recomputed in the backward pass: LayerNorm, ReLU and Linear would otherwise keep three
+        # (M, C) tensors until then (float32 under autocast), a few hundred MB at batch 8 at the
+        # step's peak, for a few elementwise kernels and one small matmul more.
+        return checkpoint(self.head, features, use_reentrant=False, preserve_rng_state=False)  # no randomness in it
 
 
 class MLFRLoss(nn.Module):
