@@ -96,6 +96,15 @@ MUTANTS: Tuple[Mutant, ...] = (
            'mask = self.masker(coords, batch_size); '
            'ret["teacher"] = self._teacher_forward(features[mask.keep], coords[mask.keep], batch_size)',
            (f"{T_BB}::test_teacher_encodes_the_complete_voxels",)),
+    Mutant("teacher convs on the training path", f"{PKG}/models/backbone.py",
+           "with frozen_bn_buffers(encoder), inference_convs(encoder):", "with frozen_bn_buffers(encoder):",
+           (f"{T_BB}::test_only_the_teacher_convs_take_the_inference_path",),
+           "issue 15: the teacher's no-grad pass takes spconv's inference path"),
+    Mutant("inference path left on after the teacher", f"{PKG}/models/sparse_inference.py",
+           "            conv.training = True\n", "",
+           (f"{T_BB}::test_only_the_teacher_convs_take_the_inference_path",
+            "tests/test_sparse_inference.py::test_modules_are_restored_when_the_pass_fails"),
+           "the student's convs need the training path (backward)"),
     Mutant("EMA momentum not scheduled", f"{PKG}/models/backbone.py",
            "momentum = cosine_momentum(progress, self.teacher_cfg.momentum)",
            "momentum = self.teacher_cfg.momentum",
@@ -105,6 +114,16 @@ MUTANTS: Tuple[Mutant, ...] = (
     Mutant("PretrainModel skips the EMA update", f"{PKG}/models/pretrain_model.py",
            "momentum = self.backbone_3d.update_teacher(progress=progress)", "momentum = None",
            (f"{T_TRAIN}::test_pretrain_model_after_optimizer_step_counts_and_moves_the_ema_teacher",)),
+    # ---------------------------------------------------------------- Phase 2 memory (issue 15)
+    Mutant("MLFR smooth-L1 keeps prediction and target", f"{PKG}/losses/mlfr.py",
+           "        diff = pred.float() - target\n"
+           "        return F.smooth_l1_loss(diff, diff.new_zeros(()).expand_as(diff),",
+           "        return F.smooth_l1_loss(pred.float(), target,",
+           ("tests/test_losses.py::test_mlfr_smooth_l1_keeps_one_float32_tensor_for_backward_and_its_values",)),
+    Mutant("MLFR head kept for backward", f"{PKG}/losses/mlfr.py",
+           "        return checkpoint(self.head, features, use_reentrant=False, preserve_rng_state=False)",
+           "        return self.head(features)",
+           ("tests/test_losses.py::test_mlfr_decoder_head_is_recomputed_in_backward_with_the_same_gradients",)),
     # ---------------------------------------------------------------- trainer
     Mutant("trainer never applies the EMA update", f"{PKG}/engine/trainer.py",
            "after = unwrap(self.model).after_optimizer_step(progress=(state.it + 1) / max(self.total_iters, 1))",
