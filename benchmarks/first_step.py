@@ -27,8 +27,7 @@ Columns:
                         (first-call allocations included).
 A second table gives the host time of one more steady step (issue 15: where the host time goes), with
 no sync added, by part of ``train_step``: the model's forward (inside it the teacher's forward, spconv's
-conv modules, i.e. ``SparseConvolution._conv_forward``, which the training path and the teacher's inference
-path both call, with its Python, rule-book builders and forward op), the
+conv modules, i.e. ``SparseConvolution.forward`` with its Python, rule-book builders and forward op), the
 backward (inside it spconv's backward ops), gradient clipping, the optimizer step, the after-step hook
 (the EMA update), and the rest. With the kernels asynchronous these are host times, except where the
 host waits on the device: a strided conv's rule-book (its output size), the non-finite loss check.
@@ -195,7 +194,7 @@ def host_targets(model: torch.nn.Module, scaler) -> Dict[str, List[Tuple[object,
     targets = {"forward": [(type(model), "forward")], "encode": [(encoder, "encode")],
                "backward": [(torch.autograd, "backward")], "clip": [(torch.nn.utils, "clip_grad_norm_")],
                "optimizer": [(type(scaler), "step")], "after_step": [(type(model), "after_optimizer_step")],
-               "modules": [(conv.SparseConvolution, "_conv_forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
+               "modules": [(conv.SparseConvolution, "forward")], "rulebooks": conv_targets(RULEBOOK_OPS),
                "forward_ops": conv_targets(FORWARD_OPS), "backward_ops": conv_targets(BACKWARD_OPS)}
     backbone = next((m for m in model.modules() if hasattr(m, "masker")), None)
     if backbone is not None:  # a pretraining backbone: its own parts (the plain encoder has none of them)

@@ -13,7 +13,6 @@ from easydict import EasyDict
 from torch import nn
 
 from pcdet_rmae_ts.models.backbone import LossWeights, RMAECMAEBackbonePhase1
-from pcdet_rmae_ts.models.sparse_inference import SparseConvolution
 from pcdet_rmae_ts.teacher import frozen_bn_buffers
 
 SEEDS = Path(__file__).resolve().parent / "data" / "seed-configs"  # the user's original configs
@@ -124,30 +123,6 @@ def test_identical_teacher_adds_no_encoder_copy(pretrain_cfg):
     teacher_keys = {k[len("teacher."):] for k in ema.state_dict() if k.startswith("teacher.")}
     assert teacher_keys == set(ema.encoder_state_dict())
     assert all(not p.requires_grad for p in ema.teacher.parameters())
-
-
-@pytest.mark.parametrize("kind", ["identical", "ema"])
-def test_only_the_teacher_convs_take_the_inference_path(pretrain_cfg, kind):
-    """The teacher's no-grad pass takes spconv's inference path (models/sparse_inference.py); the
-    student's convs, which need their backward, never do, and no module is left switched."""
-    model = build(small(pretrain_cfg, TEACHER_BACKBONE_TYPE=kind)).train()
-    calls = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, m.training)))
-             for m in model.modules() if isinstance(m, SparseConvolution)]
-    try:
-        model(batch_dict())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    encoder_convs = 32  # VoxelNeXt's encoder, per pass
-    assert len(calls) == 2 * encoder_convs
-    teacher, student = calls[:encoder_convs], calls[encoder_convs:]
-    assert not any(training for _, training in teacher), "the teacher's convs ran on the training path"
-    assert all(training for _, training in student), "a student conv ran on the inference path (no backward)"
-    if kind == "ema":
-        assert all(m in set(model.teacher.modules()) for m, _ in teacher)
-    convs = [m for m in model.modules() if isinstance(m, SparseConvolution)]
-    assert all(m.training and "forward" not in vars(m) for m in convs), "modules left on the inference path"
 
 
 def test_teacher_bn_buffers_untouched_by_teacher_forward(pretrain_cfg):

@@ -35,7 +35,6 @@ from ..occupancy import (
 from ..sparse_align import match_sites
 from ..teacher import TEACHER_TYPES, cosine_momentum, ema_update, frozen_bn_buffers
 from .encoder import ENCODER_MODULES, VoxelNeXtEncoder, spconv
-from .sparse_inference import inference_convs
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +218,7 @@ class RMAECMAEBackbonePhase1(VoxelNeXtEncoder):
             encoder, projector = self.teacher, self.teacher_projector
         else:
             encoder, projector = self, self.student_projector
-        with frozen_bn_buffers(encoder), inference_convs(encoder):
+        with frozen_bn_buffers(encoder):
             out = encoder.encode(features, coords, batch_size)
         out["projected_bev"] = projector(out["encoded_spconv_tensor"].features)
         return without_indice_tables(out)
