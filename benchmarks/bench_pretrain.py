@@ -206,6 +206,14 @@ class Timer:
             torch.cuda.synchronize()
 
 
+def kernel_ms(events) -> float:
+    """Milliseconds of device work (kernels, copies, fills) among torch.profiler ``events``; a range
+    annotation that the profiler also draws on the GPU timeline (``record_function``, the optimizer's
+    step) spans kernels already counted, so it is left out."""
+    return sum(e.time_range.elapsed_us() for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)) / 1e3
+
+
 def device_busy_ms(step: Callable[[int], object], first: int, steps: int) -> float:
     """Kernel time per step (torch.profiler, CUDA activity only) over ``steps`` calls of ``step(first + i)``:
     the device's own work, the floor that cutting host work can reach (the step runs on one stream)."""
@@ -214,8 +222,7 @@ def device_busy_ms(step: Callable[[int], object], first: int, steps: int) -> flo
         for i in range(steps):
             step(first + i)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps
+    return kernel_ms(prof.events()) / steps
 
 
 def bench_row(row: str, batches: list, dataset, device, amp: bool, warmup: int, steps: int,

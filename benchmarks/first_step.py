@@ -244,9 +244,7 @@ def device_step(step: Callable[[], None], targets: Dict[str, List[Tuple[object, 
             step()
             torch.cuda.synchronize()
     events = prof.events()
-    device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-              and not getattr(e, "is_user_annotation", False) and not e.name.startswith(PART_RANGE)]
-    result = {"total": sum(e.time_range.elapsed_us() for e in device) / 1e3}
+    result = {"total": bp.kernel_ms(e for e in events if not e.name.startswith(PART_RANGE))}
     for part in targets:
         ranges = [e for e in events if e.name == PART_RANGE + part and e.device_type == torch.autograd.DeviceType.CPU]
         outermost = [e for e in ranges if not _inside(e, PART_RANGE + part)]

@@ -195,3 +195,19 @@ def test_device_column_sits_beside_its_row_and_its_rest_is_the_kernels_outside_t
     assert lines[0].split() == ["part", "amp", "amp", "device", "default"]
     assert lines[1].split()[-3:] == ["100.0", "80.0", "100.0"]  # whole step: host, device, host
     assert lines[-1].split()[-2] == "44.0"  # the device's rest
+
+
+def test_kernel_time_counts_device_work_once_and_no_host_op(bench_module):
+    """The floor sums kernels, copies and fills; a range the profiler also draws on the GPU timeline
+    spans kernels already counted, and host ops are not device work."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(name, start, end, device_type, annotation=False):
+        return FunctionEvent(0, name, 0, start, end, device_type=device_type, is_user_annotation=annotation)
+
+    events = [event("cumm::conv::main::Ampere_f16", 0, 100, DeviceType.CUDA),
+              event("Memset (Device)", 100, 120, DeviceType.CUDA),
+              event("Optimizer.step#AdamW.step", 0, 150, DeviceType.CUDA, annotation=True),
+              event("aten::add_", 0, 300, DeviceType.CPU)]
+    assert bench_module("bench_pretrain").kernel_ms(events) == pytest.approx(0.12)
