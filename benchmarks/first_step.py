@@ -309,10 +309,9 @@ def measure(row: str, args: argparse.Namespace) -> dict:
                 timed_calls(conv_targets(RULEBOOK_OPS), rules_warm, timer.sync):  # syncs: not in timed steps
             step(1 + args.warmup)
         steady = timer(lambda i: step(2 + args.warmup + i), 0, args.steps)
-        host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync,
-                         host_targets(model, trainer.scaler))
-        device_ms = (device_step(lambda: step(3 + args.warmup + args.steps), host_targets(model, trainer.scaler))
-                     if device.type == "cuda" else None)
+        parts = host_targets(model, trainer.scaler)
+        host = host_step(lambda: step(2 + args.warmup + args.steps), timer.sync, parts)
+        device_ms = device_step(lambda: step(3 + args.warmup + args.steps), parts) if device.type == "cuda" else None
     constants = importlib.import_module("spconv.constants")
     kind = tuner_kind(device)
     blind = kind == "c++"  # the C++ tuner never calls the Python methods
@@ -381,12 +380,17 @@ def add_ratios(rows: List[dict]) -> None:
         r["steady_vs_default"] = r["steady_ms"] / base["steady_ms"] if base else None
 
 
+def _with_rest(parts: Dict[str, Tuple[float, Optional[int]]]) -> Dict[str, Tuple[float, Optional[int]]]:
+    """``parts`` plus "rest": the step less its top-level parts (nested parts lie inside those)."""
+    parts["rest"] = (parts["step"][0] - sum(parts[k][0] for k in TOP_LEVEL_PARTS if k in parts), None)
+    return parts
+
+
 def host_parts(host: dict) -> Dict[str, Tuple[float, Optional[int]]]:
     """(ms, calls) per part of one host-timed step, "rest" included (the step less the top-level parts)."""
     parts = {"step": (host["step_s"] * 1e3, None)}
     parts.update({k: (v["seconds"] * 1e3, v["calls"]) for k, v in host.items() if isinstance(v, dict)})
-    parts["rest"] = (parts["step"][0] - sum(parts[k][0] for k in TOP_LEVEL_PARTS if k in parts), None)
-    return parts
+    return _with_rest(parts)
 
 
 def device_parts(device_ms: Dict[str, float]) -> Dict[str, Tuple[float, None]]:
@@ -395,8 +399,7 @@ def device_parts(device_ms: Dict[str, float]) -> Dict[str, Tuple[float, None]]:
     autograd launches from its own thread, and the trainer's own."""
     parts = {"step": (device_ms["total"], None)}
     parts.update({k: (v, None) for k, v in device_ms.items() if k != "total"})
-    parts["rest"] = (device_ms["total"] - sum(parts[k][0] for k in TOP_LEVEL_PARTS if k in parts), None)
-    return parts
+    return _with_rest(parts)
 
 
 def host_table(rows: List[dict]) -> str:
