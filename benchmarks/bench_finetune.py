@@ -5,8 +5,10 @@ at the ISARC grid: median step time, peak GPU memory and kernel time, fp32 and A
 The step is OpenPCDet's ``train_one_epoch`` iteration: autocast forward (``ret_dict['loss'].mean()``),
 ``update_global_step``, GradScaler backward, unscale, gradient clipping, the differential-LR optimizer's
 step. Frames are bench_pretrain's dense synthetic frames without augmentation, with their own labelled
-boxes as ``gt_boxes``. Issue 15 asks for this step before and after its encoder changes; bench_pretrain's
-``baseline`` row times the same encoder without the head.
+boxes as ``gt_boxes``. ``--targets``: VoxelNeXtHead's targets by OpenPCDet's per-box loop (``stock``, what
+stock train.py runs) and/or batched over boxes (``batched``, what this package's launchers install).
+Issue 15 asks for this step before and after its encoder changes; bench_pretrain's ``baseline`` row
+times the same encoder without the head.
 
 Needs a GPU (VoxelNeXtHead calls ``.cuda()`` in its constructor) and OpenPCDet importable with its CUDA
 ops (``pcdet`` on PYTHONPATH). Usage (PYTHONPATH=.:<OpenPCDet>):
@@ -15,6 +17,7 @@ ops (``pcdet`` on PYTHONPATH). Usage (PYTHONPATH=.:<OpenPCDet>):
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import sys
@@ -91,6 +94,18 @@ def build_detector(cfg_file: Path, dataset) -> tuple:
     return cfg, model
 
 
+def use_targets(kind: str) -> None:
+    """Put OpenPCDet's per-box target loop (``stock``) or the batched one (``batched``) on VoxelNeXtHead."""
+    from pcdet.models.dense_heads import voxelnext_head
+
+    from pcdet_rmae_ts.integration.pcdet import install_batched_voxelnext_targets
+
+    cls = install_batched_voxelnext_targets(voxelnext_head, environ={})
+    batched = cls.assign_target_of_single_head
+    stock = getattr(batched, "original", batched)
+    cls.assign_target_of_single_head = stock if kind == "stock" else batched
+
+
 def openpcdet_step(model, optimizer, scaler, clip: float, amp: bool):
     """One iteration of OpenPCDet's ``train_one_epoch`` (the scheduler aside): returns ``step(batch)``."""
     params = list(model.parameters())
@@ -112,8 +127,9 @@ def openpcdet_step(model, optimizer, scaler, clip: float, amp: bool):
 
 
 def bench(cfg_file: Path, dataset, batches: List[dict], amp: bool, warmup: int, steps: int,
-          device_steps: int) -> dict:
+          device_steps: int, targets: str = "batched") -> dict:
     device = torch.device("cuda")
+    use_targets(targets)
     torch.manual_seed(0)
     torch.cuda.empty_cache()
     base_mem = torch.cuda.memory_allocated(device)
@@ -134,6 +150,7 @@ def bench(cfg_file: Path, dataset, batches: List[dict], amp: bool, warmup: int, 
     result = {"median_ms": median, "min_ms": min(times), "max_ms": max(times), "steps": steps,
               "frames_per_s": int(batches[0]["batch_size"]) * 1e3 / median,
               "final_loss": float(losses[-1]), "losses_finite": bool(torch.stack(losses).isfinite().all()),
+              "nonfinite_losses": int((~torch.stack(losses).isfinite()).sum()), "losses": len(losses),
               "peak_mem_mb": (torch.cuda.max_memory_allocated(device) - base_mem) / 2**20}
     if device_steps:
         result["device_ms"] = device_busy_ms(step, warmup + steps, device_steps)
@@ -141,12 +158,13 @@ def bench(cfg_file: Path, dataset, batches: List[dict], amp: bool, warmup: int, 
 
 
 def table(rows: list) -> str:
-    lines = [f"{'batch':>5} {'prec':>5} {'median ms':>10} {'min ms':>8} {'frames/s':>9} {'peak MB':>8} "
-             f"{'device ms':>10} {'loss':>8}"]
+    lines = [f"{'batch':>5} {'prec':>5} {'targets':>8} {'median ms':>10} {'min ms':>8} {'frames/s':>9} {'peak MB':>8} "
+             f"{'device ms':>10} {'loss':>8} {'non-finite':>10}"]
     for r in rows:
         dev = f"{r['device_ms']:10.1f}" if "device_ms" in r else f"{'-':>10}"
-        lines.append(f"{r['batch']:>5} {r['precision']:>5} {r['median_ms']:10.1f} {r['min_ms']:8.1f} "
-                     f"{r['frames_per_s']:9.1f} {r['peak_mem_mb']:8.0f} {dev} {r['final_loss']:8.3f}")
+        lines.append(f"{r['batch']:>5} {r['precision']:>5} {r['targets']:>8} {r['median_ms']:10.1f} {r['min_ms']:8.1f} "
+                     f"{r['frames_per_s']:9.1f} {r['peak_mem_mb']:8.0f} {dev} {r['final_loss']:8.3f} "
+                     f"{r['nonfinite_losses']:>4} of {r['losses']:<3}")
     return "\n".join(lines)
 
 
@@ -161,6 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--device-steps", type=int, default=0,
                         help="sum the kernel time over N more steps (torch.profiler): the 'device ms' column")
+    parser.add_argument("--targets", nargs="+", choices=["stock", "batched"], default=["batched"],
+                        help="VoxelNeXtHead's targets: OpenPCDet's per-box loop and/or the launchers' batched one; "
+                             "each is a row per precision")
     parser.add_argument("--cfg", default=str(FINETUNE_CFG), help="the fine-tune model config")
     add_out_argument(parser)
     return parser.parse_args(argv)
@@ -188,9 +209,10 @@ def main(argv=None) -> dict:
                "grid": {"point_cloud_range": cfg.POINT_CLOUD_RANGE, "voxel_size": cfg.DATA_PROCESSOR[-1]["VOXEL_SIZE"],
                         "voxels_per_batch": voxels, "boxes_per_batch": boxes}, "rows": []}
     run_id = None
-    for prec in args.precisions:
-        r = bench(Path(args.cfg), dataset, batches, prec == "amp", args.warmup, args.steps, args.device_steps)
-        r.update(batch=args.batch_size, precision=prec)
+    for prec, targets in itertools.product(args.precisions, args.targets):
+        r = bench(Path(args.cfg), dataset, batches, prec == "amp", args.warmup, args.steps, args.device_steps,
+                  targets)
+        r.update(batch=args.batch_size, precision=prec, targets=targets)
         results["rows"].append(r)
         _LOG.info("%s", r)
         if out:  # partial results survive a run cut off by a time limit
