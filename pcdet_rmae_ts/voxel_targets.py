@@ -4,7 +4,7 @@
 Same values as the stock loop, meant bit for bit (same float32 operations per element, argmin's
 first-minimum rule, order-free max of the Gaussians, the stock rounding of the Gaussian's divisor):
 tests/test_voxel_targets.py checks it on the CPU, tests/test_integration_pcdet.py on CUDA, where some
-heatmap values still come out one float32 ulp from the stock loop's (cause open; benchmarks/README.md).
+heatmap values still differ from the stock loop's by up to 1.2e-7 (cause open; benchmarks/README.md).
 """
 from __future__ import annotations
 

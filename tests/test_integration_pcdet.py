@@ -284,12 +284,18 @@ def test_stock_train_one_epoch_with_differential_lr_cpu(monkeypatch, config):
         sys.modules.pop("train_utils.train_utils", None)
 
 
+# The batched Gaussians (values <= 1) differ from the stock loop's on CUDA by up to 1.2e-7 for these seeds (H200,
+# third and tenth sessions; bit for bit on the CPU, tests/test_voxel_targets.py; cause open, benchmarks/README.md).
+# A sigma 1.7 % off (/ 5.9 for / 6) moved them by 1.2e-2 on the H200.
+HEATMAP_ATOL_CUDA = 2.5e-7
+
+
 @NEEDS_GPU
 @pytest.mark.parametrize("seed", [0, 1])
 def test_batched_voxelnext_targets_equal_openpcdets_loop_on_gpu(monkeypatch, seed):
     """The launcher's batched target assignment against OpenPCDet's own per-box loop, on a crowded scene
     (60 boxes per sample, every class, some beyond the range, some without size): identical tensors, but
-    for heatmap values one float32 ulp apart on CUDA (cause open: benchmarks/README.md, VoxelNeXt targets)."""
+    for the heatmaps' Gaussians, within HEATMAP_ATOL_CUDA. Every key is compared before the test fails."""
     from pcdet.models.dense_heads import voxelnext_head
 
     from pcdet_rmae_ts.integration import pcdet as integ
@@ -312,11 +318,13 @@ def test_batched_voxelnext_targets_equal_openpcdets_loop_on_gpu(monkeypatch, see
     integ.install_batched_voxelnext_targets(voxelnext_head, environ={})
     assert voxelnext_head.VoxelNeXtHead.assign_target_of_single_head.original is stock
     got = head.assign_targets(boxes.clone(), *args)
+    mismatches = []
     for key in ("heatmaps", "target_boxes", "inds", "masks"):
-        for a, b in zip(got[key], want[key]):
-            diff = f"{key}: max |diff| {(a.double() - b.double()).abs().max()}"
-            if key == "heatmaps":  # within one float32 ulp on CUDA (bit for bit on the CPU: test_voxel_targets.py)
-                assert ((a - b).abs() <= torch.finfo(torch.float32).eps * b.abs()).all(), diff
-            else:
-                assert torch.equal(a, b), diff
+        for i, (a, b) in enumerate(zip(got[key], want[key])):
+            same = a.shape == b.shape and (torch.equal(a, b) if key != "heatmaps" else
+                                           bool((a - b).abs().max() <= HEATMAP_ATOL_CUDA))
+            if not same:
+                mismatches.append(f"{key}[{i}]: shapes {tuple(a.shape)} {tuple(b.shape)}, max |diff| "
+                                  f"{(a.double() - b.double()).abs().max() if a.shape == b.shape else '-'}")
+    assert not mismatches, mismatches
     assert int(want["masks"][0].sum()) == 2 * 60 - 1
