@@ -63,6 +63,14 @@ def padded_gt_boxes(per_frame: Iterable[np.ndarray]) -> np.ndarray:
     return out
 
 
+def with_val_split(data: Path) -> Path:
+    """``data`` with ``ImageSets/val.txt`` (the split the test-mode loader reads) naming the training frames."""
+    val = data / "ImageSets" / "val.txt"
+    if not val.is_file():
+        val.write_text((data / "ImageSets" / "train.txt").read_text())
+    return data
+
+
 def stage_batches(cfg, batch_size: int, device: torch.device, max_batches: int, seed: int = 0,
                   profile: str = "dense") -> tuple:
     """(dataset, batches on ``device``): the loader in test mode (no augmentation, so the frames' boxes
@@ -147,10 +155,11 @@ def bench(cfg_file: Path, dataset, batches: List[dict], amp: bool, warmup: int, 
 
     times = Timer(device)(step, warmup, steps)
     median = statistics.median(times)
+    nonfinite = int((~torch.stack(losses).isfinite()).sum())
     result = {"median_ms": median, "min_ms": min(times), "max_ms": max(times), "steps": steps,
               "frames_per_s": int(batches[0]["batch_size"]) * 1e3 / median,
-              "final_loss": float(losses[-1]), "losses_finite": bool(torch.stack(losses).isfinite().all()),
-              "nonfinite_losses": int((~torch.stack(losses).isfinite()).sum()), "losses": len(losses),
+              "final_loss": float(losses[-1]), "losses_finite": nonfinite == 0,
+              "nonfinite_losses": nonfinite, "losses": len(losses),
               "peak_mem_mb": (torch.cuda.max_memory_allocated(device) - base_mem) / 2**20}
     if device_steps:
         result["device_ms"] = device_busy_ms(step, warmup + steps, device_steps)
@@ -195,10 +204,7 @@ def main(argv=None) -> dict:
         raise SystemExit("bench_finetune needs a GPU: OpenPCDet's VoxelNeXtHead calls .cuda() when it is built")
     root = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "pcdet_rmae_ts_bench"
     data = write_frames(root / f"dense_{args.frames}", args.frames, "dense")
-    val = data / "ImageSets" / "val.txt"  # the test-mode loader reads the 'val' split: the same frames
-    if not val.is_file():
-        val.write_text((data / "ImageSets" / "train.txt").read_text())
-    cfg = data_cfg(data, quick=False)
+    cfg = data_cfg(with_val_split(data), quick=False)
     dataset, batches = stage_batches(cfg, args.batch_size, torch.device("cuda"), max_batches=4)
     voxels = [int(b["voxel_coords"].shape[0]) for b in batches]
     boxes = [int((b["gt_boxes"][..., 7] > 0).sum()) for b in batches]

@@ -18,8 +18,7 @@ def staged(bench, tmp_path_factory):
     """Two batches of two demo frames on the small grid, in the loader's test mode."""
     from bench_pretrain import data_cfg, write_frames
 
-    data = write_frames(tmp_path_factory.mktemp("finetune") / "demo_4", 4, "demo")
-    (data / "ImageSets" / "val.txt").write_text((data / "ImageSets" / "train.txt").read_text())
+    data = bench.with_val_split(write_frames(tmp_path_factory.mktemp("finetune") / "demo_4", 4, "demo"))
     cfg = data_cfg(data, quick=True)
     return cfg, bench.stage_batches(cfg, 2, torch.device("cpu"), max_batches=2, profile="demo")[1]
 
